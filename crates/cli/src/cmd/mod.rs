@@ -1,0 +1,3 @@
+//! One module per subcommand, each with its `Args` and a `run`.
+
+pub mod parse;

@@ -1,0 +1,3 @@
+//! Integration tests of the message core.
+
+mod corpus;
