@@ -582,18 +582,16 @@ fn recover_header(bytes: &[u8]) -> Original {
     let line_end =
         memchr::memchr2(b'\r', b'\n', &bytes[start..]).map_or(bytes.len(), |i| start + i);
     let line = &bytes[start..line_end];
-    let delimiters = match crate::message::read_header(bytes, start, b"MSH", false) {
-        Ok((d, _)) => d,
+    // `source`: the delimiters the fields are written with, when MSH-2 could be read.
+    let (fs, source) = match crate::message::read_header(bytes, start, b"MSH", false) {
+        Ok((d, _)) => (d.field, Some(d)),
         // The field separator may still be usable when only MSH-2 is broken.
         Err(_) => match line.get(3) {
-            Some(&fs) if fs.is_ascii_punctuation() => Delimiters {
-                field: fs,
-                ..Delimiters::STANDARD
-            },
+            Some(&fs) if fs.is_ascii_punctuation() => (fs, None),
             _ => return Original::default(),
         },
     };
-    let pieces: Vec<&[u8]> = line.split(|&b| b == delimiters.field).collect();
+    let pieces: Vec<&[u8]> = line.split(|&b| b == fs).collect();
     // MSH-n is piece n-1; a value holding a CR/LF or other control bytes is not copied.
     let field = |n: usize| {
         pieces
@@ -602,24 +600,20 @@ fn recover_header(bytes: &[u8]) -> Original {
             .map(|p| p.to_vec())
             .unwrap_or_default()
     };
-    let d = if delimiters.escape.is_some() && delimiters.repetition.is_some() {
-        delimiters
-    } else {
-        Delimiters::STANDARD
-    };
+    // The reply keeps the sender's delimiters when they are complete, else uses standard ones.
+    let d = source
+        .filter(|d| d.escape.is_some() && d.repetition.is_some())
+        .unwrap_or(Delimiters::STANDARD);
+    let same = source == Some(d);
+    let component = source.map_or(b'^', |s| s.component);
     let msh9 = field(9);
-    let trigger = msh9
-        .split(|&b| b == delimiters.component)
-        .nth(1)
-        .unwrap_or_default()
-        .to_vec();
+    let trigger = msh9.split(|&b| b == component).nth(1).unwrap_or_default().to_vec();
     let accept = field(15);
     let application = field(16);
     let mode = (!accept.is_empty() || !application.is_empty()).then_some(AckMode::Enhanced {
         accept: AckCondition::read(&accept).unwrap_or(AckCondition::Always),
         application: AckCondition::read(&application).unwrap_or(AckCondition::Never),
     });
-    let same = d == delimiters;
     // Fields written with other delimiters than the reply's are dropped, not mangled.
     let keep = |v: Vec<u8>| {
         if same || !v.iter().any(|&b| d.is_special(b)) {
@@ -853,6 +847,15 @@ mod tests {
         assert_eq!(reply.error.unwrap().code, "102");
         let m = Message::parse(&nak).unwrap();
         assert_eq!(m.get("MSH-5").unwrap().as_bytes(), Some(&b"APP"[..]));
+    }
+
+    #[test]
+    fn nak_for_header_whose_separator_collides_with_standard_ones() {
+        // Found by fuzzing: field separator `^` and an unreadable MSH-2.
+        let bytes = b"MSH^|~\\}|RAD\xe7IO^ACK^|x^^^CTL^P\n";
+        let err = Message::parse(bytes).unwrap_err();
+        let nak = Ack::for_parse_error(bytes, &err).control_id("N3").timestamp("2026").encode();
+        assert!(AckReply::parse(&nak).is_ok());
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! `DEVELOPERS.md`). `CAUSEWAY_CORPUS` overrides the location. A missing corpus is a test
 //! failure, never a skip: the tests that use it exist to prove we read every one of them.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// One corpus file: its name (e.g. `hapi__ADT_A24__1.hl7`) and its bytes, unchanged.
 #[derive(Debug, Clone)]
@@ -22,9 +22,13 @@ pub fn dir() -> PathBuf {
 }
 
 /// The workspace root (the folder holding the top `Cargo.toml`).
+///
+/// Read at run time from `CARGO_MANIFEST_DIR` (cargo sets it to the crate under test, two
+/// levels below the root), so a build reused from another checkout still finds its own tree.
 pub fn workspace_root() -> PathBuf {
-    // CARGO_MANIFEST_DIR is crates/testkit at compile time of this crate.
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    let crate_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
+    crate_dir.join("../..")
 }
 
 /// Every `*.hl7` file of the corpus, sorted by name.

@@ -1,1 +1,3 @@
+//! Integration tests of the `causeway` binary: each runs the real executable.
 
+mod parse;
