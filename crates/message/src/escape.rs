@@ -91,7 +91,7 @@ fn decode_sequence(seq: &[u8], d: &Delimiters, out: &mut Vec<u8>) -> bool {
 }
 
 fn push_hex(hex: &[u8], prefix: &[u8], out: &mut Vec<u8>) -> bool {
-    if hex.len() % 2 != 0 {
+    if !hex.len().is_multiple_of(2) {
         return false;
     }
     let mut bytes = prefix.to_vec();

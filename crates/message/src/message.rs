@@ -574,7 +574,7 @@ pub(crate) fn read_header(
     let Some(&field) = rest.get(3) else {
         return Err(ParseError::new(ParseErrorKind::TruncatedHeader, pos + 3));
     };
-    if !(field.is_ascii_graphic() && !field.is_ascii_alphanumeric()) {
+    if !field.is_ascii_graphic() || field.is_ascii_alphanumeric() {
         return Err(ParseError::new(
             ParseErrorKind::InvalidFieldSeparator(char::from(field)),
             pos + 3,

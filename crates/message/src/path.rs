@@ -30,7 +30,7 @@ impl Path {
         let mut cur = Cursor { text, pos: 0 };
         let segment = cur.segment_id()?;
         let occurrence = cur.bracketed()?.unwrap_or(1);
-        cur.expect_any(&[b'-', b'.'], "'-' and a field number")?;
+        cur.expect_any(b"-.", "'-' and a field number")?;
         let field = cur.number("a field number")?;
         let repetition = cur.bracketed()?;
         let mut component = None;

@@ -1,0 +1,384 @@
+//! TLS: round trip, mTLS allowlist, pinning, reload. Certificates are made
+//! at test time with rcgen (ring backend).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use causeway_mllp::client::{AckStatus, Client, ClientError, ClientSettings};
+use causeway_mllp::server::ServerSettings;
+use causeway_mllp::tls::{
+    ClientTls, ClientTlsSettings, Fingerprint, IdentityRule, ServerTls, ServerTlsSettings,
+};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType,
+};
+use tempfile::TempDir;
+
+use crate::support::{Recorder, TestServer, adt};
+
+/// A throwaway CA that issues server and client certificates into a temp dir.
+struct Pki {
+    dir: TempDir,
+    issuer: Issuer<'static, KeyPair>,
+    ca_path: PathBuf,
+}
+
+/// Paths of one issued certificate.
+struct Issued {
+    cert: PathBuf,
+    key: PathBuf,
+    fingerprint: Fingerprint,
+}
+
+impl Pki {
+    fn new(name: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = KeyPair::generate().expect("key");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let cert = params.self_signed(&key).expect("CA cert");
+        let ca_path = dir.path().join(format!("{name}.pem"));
+        std::fs::write(&ca_path, cert.pem()).expect("write CA");
+        Self {
+            dir,
+            issuer: Issuer::new(params, key),
+            ca_path,
+        }
+    }
+
+    fn server(&self, file: &str) -> Issued {
+        self.issue(
+            file,
+            "server",
+            vec![SanType::DnsName("localhost".try_into().expect("dns"))],
+            ExtendedKeyUsagePurpose::ServerAuth,
+        )
+    }
+
+    fn client(&self, file: &str, cn: &str, sans: Vec<SanType>) -> Issued {
+        self.issue(file, cn, sans, ExtendedKeyUsagePurpose::ClientAuth)
+    }
+
+    fn issue(
+        &self,
+        file: &str,
+        cn: &str,
+        sans: Vec<SanType>,
+        usage: ExtendedKeyUsagePurpose,
+    ) -> Issued {
+        let key = KeyPair::generate().expect("key");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.subject_alt_names = sans;
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params.extended_key_usages = vec![usage];
+        let cert = params.signed_by(&key, &self.issuer).expect("sign");
+        let paths = Issued {
+            cert: self.dir.path().join(format!("{file}.crt")),
+            key: self.dir.path().join(format!("{file}.key")),
+            fingerprint: Fingerprint::of(cert.der()),
+        };
+        std::fs::write(&paths.cert, cert.pem()).expect("write cert");
+        std::fs::write(&paths.key, key.serialize_pem()).expect("write key");
+        paths
+    }
+}
+
+fn client_settings(tls: ClientTlsSettings) -> ClientSettings {
+    let mut settings = ClientSettings::default();
+    settings.connect_timeout = Duration::from_secs(5);
+    settings.ack_timeout = Duration::from_secs(5);
+    settings.connect_attempts = 1;
+    settings.tls = Some(ClientTls::load(&tls).expect("client TLS config"));
+    settings
+}
+
+async fn tls_server(recorder: &Recorder, tls: ServerTlsSettings) -> (TestServer, Arc<ServerTls>) {
+    let tls = Arc::new(ServerTls::load(tls).expect("server TLS config"));
+    let mut settings = ServerSettings::default();
+    settings.tls = Some(tls.clone());
+    (TestServer::start(recorder.handler(), settings).await, tls)
+}
+
+async fn send_with(
+    server: &TestServer,
+    tls: ClientTlsSettings,
+    id: &str,
+) -> Result<AckStatus, ClientError> {
+    let mut client = Client::new(server.target(), client_settings(tls));
+    client.send(&adt(id)).await.map(|d| d.status)
+}
+
+#[tokio::test]
+async fn tls_round_trip() {
+    let pki = Pki::new("ca");
+    let cert = pki.server("server");
+    let recorder = Recorder::default();
+    let (server, _) = tls_server(&recorder, ServerTlsSettings::new(&cert.cert, &cert.key)).await;
+    let trust = ClientTlsSettings::with_ca(&pki.ca_path).server_name("localhost");
+    let mut client = Client::new(server.target(), client_settings(trust));
+    assert_eq!(
+        client.send(&adt("T1")).await.expect("ack").status,
+        AckStatus::Accepted
+    );
+    assert_eq!(
+        client.send(&adt("T2")).await.expect("ack").status,
+        AckStatus::Accepted
+    );
+    assert_eq!(recorder.distinct_connections(), 1);
+    let other = Pki::new("other-ca");
+    let untrusted = ClientTlsSettings::with_ca(&other.ca_path).server_name("localhost");
+    assert!(matches!(
+        send_with(&server, untrusted, "T3").await,
+        Err(ClientError::Handshake { .. })
+    ));
+    let wrong_name = ClientTlsSettings::with_ca(&pki.ca_path).server_name("elsewhere.example");
+    assert!(matches!(
+        send_with(&server, wrong_name, "T4").await,
+        Err(ClientError::Handshake { .. })
+    ));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn mtls_admits_allowed_identities_and_refuses_others() {
+    let pki = Pki::new("ca");
+    let cert = pki.server("server");
+    let lab = pki.client("lab", "lab-a", vec![]);
+    let by_dns = pki.client(
+        "ris",
+        "ris",
+        vec![SanType::DnsName(
+            "ris.hospital.example".try_into().expect("dns"),
+        )],
+    );
+    let intruder = pki.client("intruder", "intruder", vec![]);
+    let stranger_ca = Pki::new("stranger-ca");
+    let stranger = stranger_ca.client("stranger", "lab-a", vec![]);
+
+    let recorder = Recorder::default();
+    let settings = ServerTlsSettings::new(&cert.cert, &cert.key)
+        .with_client_ca(&pki.ca_path)
+        .with_allowed_clients(vec![
+            "cn:lab-a".parse::<IdentityRule>().expect("rule"),
+            "dns:ris.hospital.example".parse().expect("rule"),
+        ]);
+    let (server, _) = tls_server(&recorder, settings).await;
+    let trust = || ClientTlsSettings::with_ca(&pki.ca_path).server_name("localhost");
+
+    assert_eq!(
+        send_with(&server, trust().client_cert(&lab.cert, &lab.key), "M1")
+            .await
+            .expect("lab-a admitted"),
+        AckStatus::Accepted
+    );
+    send_with(
+        &server,
+        trust().client_cert(&by_dns.cert, &by_dns.key),
+        "M2",
+    )
+    .await
+    .expect("SAN DNS admitted");
+    let seen: Vec<_> = recorder
+        .connections
+        .lock()
+        .expect("lock")
+        .iter()
+        .map(|c| c.peer_identity.as_ref().map(|i| i.common_name.clone()))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![Some(Some("lab-a".to_owned())), Some(Some("ris".to_owned()))]
+    );
+
+    // Refused in the handshake: with TLS 1.3 the client may only learn it on
+    // its first read, so any error will do, as long as nothing was handled.
+    assert!(
+        send_with(
+            &server,
+            trust().client_cert(&intruder.cert, &intruder.key),
+            "M3"
+        )
+        .await
+        .is_err()
+    );
+    assert!(
+        send_with(
+            &server,
+            trust().client_cert(&stranger.cert, &stranger.key),
+            "M4"
+        )
+        .await
+        .is_err()
+    );
+    assert!(
+        send_with(&server, trust(), "M5").await.is_err(),
+        "no client certificate"
+    );
+    assert_eq!(recorder.count(), 2);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn pinning_accepts_the_pinned_certificate_only() {
+    let pki = Pki::new("ca");
+    let cert = pki.server("server");
+    let other = pki.server("other");
+    let recorder = Recorder::default();
+    let (server, _) = tls_server(&recorder, ServerTlsSettings::new(&cert.cert, &cert.key)).await;
+
+    // Pin alone: no CA, and the name is not checked.
+    let pin_only = ClientTlsSettings::with_pin(cert.fingerprint).server_name("anything.example");
+    assert_eq!(
+        send_with(&server, pin_only, "P1").await.expect("pinned"),
+        AckStatus::Accepted
+    );
+    // Pin plus CA.
+    let pin_and_ca = ClientTlsSettings::with_ca(&pki.ca_path)
+        .server_name("localhost")
+        .pin(cert.fingerprint);
+    send_with(&server, pin_and_ca, "P2")
+        .await
+        .expect("pinned and chained");
+    // Wrong pin, with or without CA.
+    let wrong = ClientTlsSettings::with_pin(other.fingerprint);
+    assert!(matches!(
+        send_with(&server, wrong, "P3").await,
+        Err(ClientError::Handshake { .. })
+    ));
+    let wrong_with_ca = ClientTlsSettings::with_ca(&pki.ca_path)
+        .server_name("localhost")
+        .pin(other.fingerprint);
+    assert!(matches!(
+        send_with(&server, wrong_with_ca, "P4").await,
+        Err(ClientError::Handshake { .. })
+    ));
+    // Right pin, but the chain does not verify against this CA.
+    let stranger = Pki::new("stranger");
+    let pin_bad_ca = ClientTlsSettings::with_ca(&stranger.ca_path)
+        .server_name("localhost")
+        .pin(cert.fingerprint);
+    assert!(matches!(
+        send_with(&server, pin_bad_ca, "P5").await,
+        Err(ClientError::Handshake { .. })
+    ));
+    assert_eq!(recorder.count(), 2);
+    server.stop().await;
+}
+
+fn replace(from: &Issued, to_cert: &Path, to_key: &Path) {
+    // Write to a temp name and rename, as cert tooling does, so a poll never
+    // sees half a file.
+    for (src, dst) in [(&from.cert, to_cert), (&from.key, to_key)] {
+        let tmp = dst.with_extension("tmp");
+        std::fs::copy(src, &tmp).expect("copy");
+        std::fs::rename(&tmp, dst).expect("rename");
+    }
+}
+
+#[tokio::test]
+async fn certificate_reload_on_demand_and_by_polling() {
+    let pki = Pki::new("ca");
+    let first = pki.server("first");
+    let second = pki.server("second");
+    let third = pki.server("third");
+    let live_cert = pki.dir.path().join("live.crt");
+    let live_key = pki.dir.path().join("live.key");
+    replace(&first, &live_cert, &live_key);
+
+    let recorder = Recorder::default();
+    let (server, tls) = tls_server(&recorder, ServerTlsSettings::new(&live_cert, &live_key)).await;
+    send_with(
+        &server,
+        ClientTlsSettings::with_pin(first.fingerprint),
+        "R1",
+    )
+    .await
+    .expect("first cert served");
+
+    // Explicit reload (what SIGHUP does).
+    replace(&second, &live_cert, &live_key);
+    tls.reload().expect("reload");
+    send_with(
+        &server,
+        ClientTlsSettings::with_pin(second.fingerprint),
+        "R2",
+    )
+    .await
+    .expect("second cert served");
+    assert!(
+        send_with(
+            &server,
+            ClientTlsSettings::with_pin(first.fingerprint),
+            "R3"
+        )
+        .await
+        .is_err()
+    );
+
+    // A broken file: the reload fails and the old configuration stays.
+    std::fs::write(&live_key, "not a key").expect("write");
+    assert!(tls.reload().is_err());
+    send_with(
+        &server,
+        ClientTlsSettings::with_pin(second.fingerprint),
+        "R4",
+    )
+    .await
+    .expect("old cert still served");
+
+    // Polling picks up a change on its own.
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let watcher = tokio::spawn(tls.clone().watch(Duration::from_millis(20), async {
+        let _ = stop_rx.await;
+    }));
+    replace(&third, &live_cert, &live_key);
+    // Make sure the modification time moves even on coarse-grained filesystems.
+    let later = SystemTime::now() + Duration::from_secs(5);
+    for path in [&live_cert, &live_key] {
+        std::fs::File::options()
+            .write(true)
+            .open(path)
+            .expect("open")
+            .set_modified(later)
+            .expect("mtime");
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        if send_with(
+            &server,
+            ClientTlsSettings::with_pin(third.fingerprint),
+            "R5",
+        )
+        .await
+        .is_ok()
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "polling never reloaded"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = stop_tx.send(());
+    watcher.await.expect("watcher");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn allowlist_without_client_ca_is_a_configuration_error() {
+    let pki = Pki::new("ca");
+    let cert = pki.server("server");
+    let settings = ServerTlsSettings::new(&cert.cert, &cert.key)
+        .with_allowed_clients(vec!["cn:lab-a".parse().expect("rule")]);
+    assert!(ServerTls::load(settings).is_err());
+    let missing = ServerTlsSettings::new(pki.dir.path().join("nope.crt"), &cert.key);
+    assert!(ServerTls::load(missing).is_err());
+}
