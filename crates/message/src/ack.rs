@@ -607,7 +607,11 @@ fn recover_header(bytes: &[u8]) -> Original {
     let same = source == Some(d);
     let component = source.map_or(b'^', |s| s.component);
     let msh9 = field(9);
-    let trigger = msh9.split(|&b| b == component).nth(1).unwrap_or_default().to_vec();
+    let trigger = msh9
+        .split(|&b| b == component)
+        .nth(1)
+        .unwrap_or_default()
+        .to_vec();
     let accept = field(15);
     let application = field(16);
     let mode = (!accept.is_empty() || !application.is_empty()).then_some(AckMode::Enhanced {
@@ -854,7 +858,10 @@ mod tests {
         // Found by fuzzing: field separator `^` and an unreadable MSH-2.
         let bytes = b"MSH^|~\\}|RAD\xe7IO^ACK^|x^^^CTL^P\n";
         let err = Message::parse(bytes).unwrap_err();
-        let nak = Ack::for_parse_error(bytes, &err).control_id("N3").timestamp("2026").encode();
+        let nak = Ack::for_parse_error(bytes, &err)
+            .control_id("N3")
+            .timestamp("2026")
+            .encode();
         assert!(AckReply::parse(&nak).is_ok());
     }
 

@@ -130,9 +130,12 @@ fn assign_by_convention(field: u8, chars: &[u8]) -> Delimiters {
             _ => others.push(c),
         }
     }
+    // Unknown characters fill the subcomponent role before the escape role: a short MSH-2
+    // nearly always lost its escape character (`^~&`), and data uses subcomponents far more
+    // than escapes (`^~}` next to a sibling message's `^~\}`).
     for c in others {
-        if let Some(slot) = roles.iter_mut().find(|r| r.is_none()) {
-            *slot = Some(c);
+        if let Some(&role) = [0, 1, 3, 2].iter().find(|&&r| roles[r].is_none()) {
+            roles[role] = Some(c);
         }
     }
     Delimiters {
@@ -189,6 +192,8 @@ mod tests {
             (d.repetition, d.escape, d.subcomponent),
             (Some(b'~'), None, Some(b'&'))
         );
+        let d = read("^~}", true).unwrap().0;
+        assert_eq!((d.escape, d.subcomponent), (None, Some(b'}')));
         let d = read("^\\&", true).unwrap().0;
         assert_eq!(
             (d.repetition, d.escape, d.subcomponent),

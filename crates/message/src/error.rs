@@ -66,6 +66,9 @@ pub enum ParseErrorKind {
     /// The message is larger than the index can address (4 GiB).
     #[error("message too large: {0} bytes, the limit is 4 GiB")]
     TooLarge(usize),
+    /// A second MSH: several messages back to back (strict mode; see [`crate::batch::split`]).
+    #[error("a second MSH segment: several messages in one input; split them as a batch")]
+    SecondHeader,
     /// A batch file is structured wrongly (strict mode).
     #[error("malformed batch: {0}")]
     MalformedBatch(&'static str),
@@ -112,6 +115,10 @@ pub enum WarningKind {
     /// on one line by an editor; they are kept as fields of the segment.
     #[error("field starts with a segment ID ({0:?}): segments joined on one line?")]
     SuspectedJoinedSegment(String),
+    /// A second MSH segment: these are several messages back to back, read here as one.
+    /// [`crate::batch::split`] separates them.
+    #[error("a second MSH segment: several messages back to back? split them as a batch")]
+    SecondHeader,
     /// MSH-2 uses letters or digits as encoding characters (`$r?@`); every such letter in
     /// data is read as a separator.
     #[error("letters or digits used as encoding characters in MSH-2")]

@@ -41,7 +41,7 @@ pub use delim::Delimiters;
 pub use error::{ParseError, ParseErrorKind, PathError, Warning, WarningKind};
 pub use message::{Message, ParseOptions, Segment};
 pub use path::Path;
-pub use value::{Presence, Value};
+pub use value::{Children, Presence, Value};
 
 /// Entry point for fuzzers: parse, walk every value, rebuild, acknowledge. Panics only on a
 /// broken invariant (a round trip that changes bytes), which is what a fuzzer should find.

@@ -524,6 +524,15 @@ impl<'a> Parser<'a> {
                 offset: start,
             });
         }
+        if !segments.is_empty() && id == b"MSH" {
+            if self.strict {
+                return Err(ParseError::new(ParseErrorKind::SecondHeader, start));
+            }
+            self.warnings.push(Warning {
+                kind: WarningKind::SecondHeader,
+                offset: start,
+            });
+        }
         self.check_joined_segments(&pieces[first_piece + 1..]);
         segments.push(SegmentIndex {
             start: start as u32,

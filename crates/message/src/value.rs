@@ -135,23 +135,19 @@ impl<'a> Value<'a> {
     }
 
     /// The parts one level down: repetitions of a field, components of a repetition,
-    /// subcomponents of a component. A leaf yields itself.
-    pub fn children(&self) -> Vec<Value<'a>> {
-        let (sep, level) = match self.level {
+    /// subcomponents of a component. A leaf yields itself; an absent value nothing.
+    pub fn children(&self) -> Children<'a> {
+        let (separator, level) = match self.level {
             Level::Field => (self.delimiters.repetition, Level::Repetition),
             Level::Repetition => (Some(self.delimiters.component), Level::Component),
             Level::Component => (self.delimiters.subcomponent, Level::Subcomponent),
             Level::Subcomponent | Level::Leaf => (None, Level::Leaf),
         };
-        let Some(raw) = self.raw else {
-            return Vec::new();
-        };
-        match sep {
-            Some(sep) => raw
-                .split(|&b| b == sep)
-                .map(|p| Value::new(p, self.delimiters, level))
-                .collect(),
-            None => vec![Value { level, ..*self }],
+        Children {
+            rest: self.raw,
+            separator,
+            delimiters: self.delimiters,
+            level,
         }
     }
 
@@ -187,5 +183,28 @@ impl<'a> Value<'a> {
             Cow::Borrowed(b) => charset.decode(b),
             Cow::Owned(b) => charset.decode(&b).map(|s| Cow::Owned(s.into_owned())),
         }
+    }
+}
+
+/// Iterator over the parts of a [`Value`] one level down; see [`Value::children`].
+#[derive(Debug, Clone)]
+pub struct Children<'a> {
+    rest: Option<&'a [u8]>,
+    separator: Option<u8>,
+    delimiters: Delimiters,
+    level: Level,
+}
+
+impl<'a> Iterator for Children<'a> {
+    type Item = Value<'a>;
+
+    fn next(&mut self) -> Option<Value<'a>> {
+        let raw = self.rest?;
+        let (part, rest) = match self.separator.and_then(|sep| memchr::memchr(sep, raw)) {
+            Some(i) => (&raw[..i], Some(&raw[i + 1..])),
+            None => (raw, None),
+        };
+        self.rest = rest;
+        Some(Value::new(part, self.delimiters, self.level))
     }
 }

@@ -478,7 +478,7 @@ where
                 return self.send(Frame::Message(nak.into())).await;
             }
         };
-        info!(%control_id, message_type = %format_args!("{code}^{trigger}"), len, "message received");
+        debug!(%control_id, message_type = %format_args!("{code}^{trigger}"), len, "message received");
         let reply = self.shared.handler.call(payload, self.info.clone()).await;
         match reply {
             Reply::Send(bytes) => {

@@ -1,3 +1,6 @@
 //! One module per subcommand, each with its `Args` and a `run`.
 
+pub mod common;
+pub mod listen;
 pub mod parse;
+pub mod send;

@@ -218,7 +218,7 @@ fn write_tree(
                 continue;
             }
             let path = format!("{name}-{f}");
-            let reps = field.children();
+            let reps = field.children().collect::<Vec<_>>();
             if !field.has_children() {
                 writeln!(out, "  {path} = {}", shown(&field, text))?;
                 continue;
@@ -232,7 +232,7 @@ fn write_tree(
                 } else {
                     path.clone()
                 };
-                let comps = rep.children();
+                let comps = rep.children().collect::<Vec<_>>();
                 if !rep.has_children() {
                     writeln!(out, "  {rpath} = {}", shown(rep, text))?;
                     continue;
@@ -247,9 +247,9 @@ fn write_tree(
                         writeln!(out, "    {cpath} = {}", shown(comp, text))?;
                         continue;
                     }
-                    for (s, sub) in comp.children().iter().enumerate() {
+                    for (s, sub) in comp.children().enumerate() {
                         if !sub.is_empty() {
-                            writeln!(out, "      {cpath}.{} = {}", s + 1, shown(sub, text))?;
+                            writeln!(out, "      {cpath}.{} = {}", s + 1, shown(&sub, text))?;
                         }
                     }
                 }
@@ -302,7 +302,7 @@ fn message_json(
                 .map(|(i, field)| {
                     let path = format!("{name}-{}", i + 1);
                     node(path.clone(), &field, text, || {
-                        let reps = field.children();
+                        let reps = field.children().collect::<Vec<_>>();
                         reps.iter()
                             .enumerate()
                             .filter(|(_, r)| !r.is_empty())
@@ -310,6 +310,7 @@ fn message_json(
                                 let rpath = format!("{path}[{}]", r + 1);
                                 node(rpath.clone(), rep, text, || {
                                     rep.children()
+                                        .collect::<Vec<_>>()
                                         .iter()
                                         .enumerate()
                                         .filter(|(_, c)| !c.is_empty())
@@ -317,6 +318,7 @@ fn message_json(
                                             let cpath = format!("{rpath}.{}", c + 1);
                                             node(cpath.clone(), comp, text, || {
                                                 comp.children()
+                                                    .collect::<Vec<_>>()
                                                     .iter()
                                                     .enumerate()
                                                     .filter(|(_, s)| !s.is_empty())

@@ -28,7 +28,11 @@ fn corpus_path(name: &str) -> String {
 #[test]
 fn tree_shows_paths_and_decoded_values() {
     let out = causeway(&["parse", &corpus_path("hapi__ADT_A01__1.hl7")], None);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("  MSH-9.2 = A01\n"), "{text}");
     assert!(text.contains("    PID-5.1 = Duck\n"), "{text}");
@@ -36,7 +40,15 @@ fn tree_shows_paths_and_decoded_values() {
 
 #[test]
 fn path_prints_one_unescaped_value_per_message() {
-    let out = causeway(&["parse", "--path", "MSH-10", &corpus_path("pythonhl7__BATCH_ADT_A04__1.hl7")], None);
+    let out = causeway(
+        &[
+            "parse",
+            "--path",
+            "MSH-10",
+            &corpus_path("pythonhl7__BATCH_ADT_A04__1.hl7"),
+        ],
+        None,
+    );
     assert!(out.status.success());
     assert_eq!(String::from_utf8(out.stdout).unwrap().lines().count(), 3);
 
@@ -51,26 +63,40 @@ fn path_prints_one_unescaped_value_per_message() {
 #[test]
 fn charsets_decode_to_utf8() {
     let path = corpus_path("ipf__ADT_A40__1.hl7");
-    let out = causeway(&["parse", "--charset", "8859/1", "--path", "MSH-5", &path], None);
+    let out = causeway(
+        &["parse", "--charset", "8859/1", "--path", "MSH-5", &path],
+        None,
+    );
     assert_eq!(String::from_utf8(out.stdout).unwrap(), "BLÄH\n");
     // Undeclared ISO-8859-1 read as UTF-8: shown with \xHH and a warning, not guessed.
     let out = causeway(&["parse", "--path", "MSH-5", &path], None);
     assert_eq!(String::from_utf8(out.stdout).unwrap(), "BL\\xC4H\n");
     assert!(String::from_utf8_lossy(&out.stderr).contains("not valid"));
-    let out = causeway(&["parse", "--fallback-1252", "--path", "MSH-5", &path], None);
+    let out = causeway(
+        &["parse", "--fallback-1252", "--path", "MSH-5", &path],
+        None,
+    );
     assert_eq!(String::from_utf8(out.stdout).unwrap(), "BLÄH\n");
 }
 
 #[test]
 fn json_is_machine_readable() {
-    let out = causeway(&["parse", "--json", &corpus_path("gcpmllp__ADT_A01__1.hl7")], None);
+    let out = causeway(
+        &["parse", "--json", &corpus_path("gcpmllp__ADT_A01__1.hl7")],
+        None,
+    );
     assert!(out.status.success());
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let msg = &v["messages"][0];
     assert_eq!(msg["control_id"], "20150503223000");
     let msh = &msg["segments"][0];
     assert_eq!(msh["id"], "MSH");
-    let msh9 = msh["fields"].as_array().unwrap().iter().find(|f| f["path"] == "MSH-9").unwrap();
+    let msh9 = msh["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["path"] == "MSH-9")
+        .unwrap();
     assert_eq!(msh9["children"][0]["children"][1]["path"], "MSH-9[1].2");
     assert_eq!(msh9["children"][0]["children"][1]["value"], "A01");
 }
@@ -81,7 +107,15 @@ fn errors_name_the_byte_and_exit_non_zero() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("error at byte 4"), "{err}");
-    let out = causeway(&["parse", "--path", "PID-99", &corpus_path("hapi__ADT_A01__1.hl7")], None);
+    let out = causeway(
+        &[
+            "parse",
+            "--path",
+            "PID-99",
+            &corpus_path("hapi__ADT_A01__1.hl7"),
+        ],
+        None,
+    );
     assert_eq!(out.status.code(), Some(1));
     let out = causeway(&["parse", "--strict"], Some(b"MSH|^~\\&|A\nPID|1\n"));
     assert!(!out.status.success());

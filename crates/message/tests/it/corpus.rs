@@ -223,11 +223,12 @@ fn check_message(msg: &Message<'_>) -> Result<(), String> {
     let d = msg.delimiters();
     for seg in msg.segments() {
         for field in seg.fields() {
-            let reps = field.children();
+            let reps = field.children().collect::<Vec<_>>();
             let joined: Vec<u8> = reps
                 .iter()
                 .map(|r| {
                     r.children()
+                        .collect::<Vec<_>>()
                         .iter()
                         .map(|c| c.as_bytes().unwrap_or_default().to_vec())
                         .collect::<Vec<_>>()

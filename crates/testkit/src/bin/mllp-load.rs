@@ -23,11 +23,21 @@ struct Settings {
 
 fn settings() -> Result<Settings, String> {
     let mut args = std::env::args().skip(1);
-    let mut s = Settings { addr: String::new(), connections: 16, seconds: 10.0, warmup: 2.0, size: 1024 };
+    let mut s = Settings {
+        addr: String::new(),
+        connections: 16,
+        seconds: 10.0,
+        warmup: 2.0,
+        size: 1024,
+    };
     while let Some(arg) = args.next() {
         let mut value = |name: &str| args.next().ok_or(format!("{name} needs a value"));
         match arg.as_str() {
-            "--connections" => s.connections = value("--connections")?.parse().map_err(|e| format!("{e}"))?,
+            "--connections" => {
+                s.connections = value("--connections")?
+                    .parse()
+                    .map_err(|e| format!("{e}"))?
+            }
             "--seconds" => s.seconds = value("--seconds")?.parse().map_err(|e| format!("{e}"))?,
             "--warmup" => s.warmup = value("--warmup")?.parse().map_err(|e| format!("{e}"))?,
             "--size" => s.size = value("--size")?.parse().map_err(|e| format!("{e}"))?,
@@ -36,7 +46,10 @@ fn settings() -> Result<Settings, String> {
         }
     }
     if s.addr.is_empty() {
-        return Err("usage: mllp-load ADDR [--connections N] [--seconds S] [--warmup S] [--size BYTES]".into());
+        return Err(
+            "usage: mllp-load ADDR [--connections N] [--seconds S] [--warmup S] [--size BYTES]"
+                .into(),
+        );
     }
     Ok(s)
 }
@@ -56,7 +69,9 @@ fn message(conn: usize, seq: u64, size: usize) -> Vec<u8> {
 }
 
 async fn connection(conn: usize, s: &Settings, start: Instant) -> Result<(Vec<u32>, u64), String> {
-    let mut stream = TcpStream::connect(&s.addr).await.map_err(|e| format!("connect {}: {e}", s.addr))?;
+    let mut stream = TcpStream::connect(&s.addr)
+        .await
+        .map_err(|e| format!("connect {}: {e}", s.addr))?;
     stream.set_nodelay(true).map_err(|e| e.to_string())?;
     let measure_from = start + Duration::from_secs_f64(s.warmup);
     let end = measure_from + Duration::from_secs_f64(s.seconds);
@@ -72,10 +87,16 @@ async fn connection(conn: usize, s: &Settings, start: Instant) -> Result<(Vec<u3
         let msg = message(conn, seq, s.size);
         seq += 1;
         let sent = Instant::now();
-        stream.write_all(&msg).await.map_err(|e| format!("write: {e}"))?;
+        stream
+            .write_all(&msg)
+            .await
+            .map_err(|e| format!("write: {e}"))?;
         let mut have = 0;
         loop {
-            let n = stream.read(&mut buf[have..]).await.map_err(|e| format!("read: {e}"))?;
+            let n = stream
+                .read(&mut buf[have..])
+                .await
+                .map_err(|e| format!("read: {e}"))?;
             if n == 0 {
                 return Err("server closed the connection".into());
             }
@@ -88,7 +109,10 @@ async fn connection(conn: usize, s: &Settings, start: Instant) -> Result<(Vec<u3
             }
         }
         // MSA|AA or MSA|CA: anything else counts as an error.
-        if !buf[..have].windows(7).any(|w| w == b"MSA|AA|" || w == b"MSA|CA|") {
+        if !buf[..have]
+            .windows(7)
+            .any(|w| w == b"MSA|AA|" || w == b"MSA|CA|")
+        {
             errors += 1;
         }
         if sent >= measure_from {
@@ -133,7 +157,11 @@ async fn main() -> std::process::ExitCode {
         }
     }
     all.sort_unstable();
-    let pct = |p: f64| all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1))).copied().unwrap_or(0);
+    let pct = |p: f64| {
+        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0)
+    };
     let report = serde_json::json!({
         "addr": s.addr,
         "connections": s.connections,

@@ -11,7 +11,9 @@ const ACK: &[u8] = b"\x0bMSH|^~\\&|REF|REF|LOAD|BENCH|20261127120000||ACK^A01^AC
 
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
-    let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:2575".to_owned());
+    let addr = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "127.0.0.1:2575".to_owned());
     let listener = TcpListener::bind(&addr).await?;
     loop {
         let (mut stream, _) = listener.accept().await?;

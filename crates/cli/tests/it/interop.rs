@@ -1,0 +1,342 @@
+//! Interop with peers nobody here wrote: python-hl7's asyncio MLLP server and client, its
+//! `mllp_send` tool, Python's `ssl` module for TLS and mTLS, and `openssl s_client`.
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use causeway_testkit::corpus;
+use causeway_testkit::pki::Pki;
+use causeway_testkit::process::{Child, python, python_peer};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn causeway(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_causeway"))
+        .args(args)
+        .output()
+        .expect("run causeway")
+}
+
+/// Corpus files python-hl7 reads as UTF-8 text (not the ISO-8859-1 one, not the batches).
+fn corpus_sample() -> Vec<String> {
+    [
+        "hapi__ADT_A01__1.hl7",
+        "fhirconv__ORU_R01__2.hl7",
+        "ipf__ADT_A01__1.hl7",
+        "medplum__QBP_Q11__1.hl7",
+        "ipf__MDM_T02__1.hl7",
+        "gcpmllp__ADT_A01__1.hl7",
+        "pythonhl7__ADT_A01__1.hl7",
+        "dotnethl7__ORM_O01__1.hl7",
+    ]
+    .iter()
+    .map(|n| corpus::dir().join(n).display().to_string())
+    .collect()
+}
+
+fn control_id(path: &str) -> String {
+    let bytes = std::fs::read(path).unwrap();
+    let msg = causeway_message::Message::parse(&bytes).unwrap();
+    String::from_utf8_lossy(msg.control_id().unwrap()).into_owned()
+}
+
+/// Starts the python-hl7 server with `extra` flags and returns it with its port.
+fn python_server(extra: &[&str]) -> (Child, String) {
+    let script = python_peer("hl7_server.py");
+    let mut args = vec![script.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let child = Child::spawn(python(), &args);
+    let ready = child.wait_for_line(false, WAIT, |l| l.starts_with("READY "));
+    let port = ready.trim_start_matches("READY ").to_owned();
+    (child, port)
+}
+
+/// Starts `causeway listen` on a free port with `extra` flags and returns it with its port.
+fn causeway_listen(extra: &[&str]) -> (Child, String) {
+    let mut args = vec!["listen", "--port", "0"];
+    args.extend_from_slice(extra);
+    let child = Child::spawn(env!("CARGO_BIN_EXE_causeway"), &args);
+    let line = child.wait_for_line(true, WAIT, |l| l.starts_with("causeway listen: "));
+    let port = line
+        .split(" on 127.0.0.1:")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .unwrap_or_else(|| panic!("no port in {line:?}"))
+        .to_owned();
+    (child, port)
+}
+
+#[test]
+fn python_hl7_server_receives_from_causeway_send() {
+    let (server, port) = python_server(&[]);
+    let files = corpus_sample();
+    let mut args = vec![
+        "send".to_owned(),
+        "--to".to_owned(),
+        format!("127.0.0.1:{port}"),
+    ];
+    args.extend(files.iter().cloned());
+    let out = causeway(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "send failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("{} messages", files.len())),
+        "{stdout}"
+    );
+    // python-hl7 saw every message, in order.
+    let ids: Vec<String> = files.iter().map(|f| control_id(f)).collect();
+    server.wait_for_line(false, WAIT, |l| {
+        l.starts_with(&format!("RECEIVED {}", ids.last().unwrap()))
+    });
+    let received: Vec<String> = server
+        .stdout_lines()
+        .iter()
+        .filter_map(|l| l.strip_prefix("RECEIVED "))
+        .map(|l| l.split(' ').next().unwrap().to_owned())
+        .collect();
+    assert_eq!(received, ids);
+}
+
+#[test]
+fn causeway_send_reports_python_hl7_nak_and_exits_non_zero() {
+    let (_server, port) = python_server(&["--ack", "AE"]);
+    let file = &corpus_sample()[0];
+    let out = causeway(&["send", "--json", "--to", &format!("127.0.0.1:{port}"), file]);
+    assert_eq!(out.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["messages"][0]["ack"], "AE");
+    assert_eq!(report["summary"]["all_accepted"], false);
+}
+
+#[test]
+fn python_hl7_client_sends_to_causeway_listen() {
+    let inbox = tempfile::tempdir().unwrap();
+    let (listener, port) = causeway_listen(&["--out", inbox.path().to_str().unwrap()]);
+    // python-hl7 wants CR-separated text; the client script converts LF files.
+    let files = corpus_sample();
+    let script = python_peer("hl7_client.py");
+    let mut args = vec![script.to_str().unwrap().to_owned(), "--port".into(), port];
+    args.extend(files.iter().cloned());
+    let out = Command::new(python()).args(&args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let acks: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let want: Vec<String> = files
+        .iter()
+        .map(|f| {
+            let bytes = std::fs::read(f).unwrap();
+            let msg = causeway_message::Message::parse(&bytes).unwrap();
+            let code = match causeway_message::ack::AckMode::of(&msg) {
+                causeway_message::ack::AckMode::Original => "AA",
+                causeway_message::ack::AckMode::Enhanced { .. } => "CA",
+            };
+            format!("ACK {code} {}", control_id(f))
+        })
+        .collect();
+    assert_eq!(acks, want);
+    listener.wait_for_line(false, WAIT, |l| {
+        l.starts_with(&format!("#{} ", files.len()))
+    });
+    let stored = std::fs::read_dir(inbox.path())
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "hl7")
+        })
+        .count();
+    assert_eq!(stored, files.len());
+}
+
+#[test]
+fn python_hl7_mllp_send_to_causeway_listen() {
+    let (listener, port) = causeway_listen(&[]);
+    let mllp_send = python().with_file_name("mllp_send");
+    // --loose: the file holds a plain (unframed) message with LF endings.
+    let file = corpus::dir().join("hapi__ADT_A03__1.hl7");
+    let out = Command::new(&mllp_send)
+        .args([
+            "--port",
+            &port,
+            "--loose",
+            "--file",
+            file.to_str().unwrap(),
+            "127.0.0.1",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reply = String::from_utf8_lossy(&out.stdout);
+    assert!(reply.contains("MSA|AA|"), "mllp_send printed: {reply}");
+    listener.wait_for_line(false, WAIT, |l| l.starts_with("#1 ") && l.ends_with(": AA"));
+}
+
+#[test]
+fn causeway_send_over_mtls_to_python_ssl_server() {
+    let pki = Pki::new("interop");
+    let server_cert = pki.server("server");
+    let client = pki.client("client", "ehr-1");
+    let (_server, port) = python_server(&[
+        "--tls-cert",
+        server_cert.cert.to_str().unwrap(),
+        "--tls-key",
+        server_cert.key.to_str().unwrap(),
+        "--client-ca",
+        pki.ca.to_str().unwrap(),
+    ]);
+    let file = &corpus_sample()[0];
+    let to = format!("localhost:{port}");
+    let tls = |cert: &Path, key: &Path, ca: &Path| -> Output {
+        causeway(&[
+            "send",
+            "--to",
+            &to,
+            "--connect-timeout",
+            "5s",
+            "--timeout",
+            "5s",
+            "--ca",
+            ca.to_str().unwrap(),
+            "--cert",
+            cert.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+            file,
+        ])
+    };
+    let out = tls(&client.cert, &client.key, &pki.ca);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A client certificate from another CA is refused by Python's ssl.
+    let other = Pki::new("other");
+    let stranger = other.client("stranger", "ehr-1");
+    let out = tls(&stranger.cert, &stranger.key, &pki.ca);
+    assert!(!out.status.success());
+    // A server we do not trust is refused by us.
+    let out = tls(&client.cert, &client.key, &other.ca);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("TLS handshake"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
+fn python_ssl_client_to_causeway_listen_with_mtls_allowlist() {
+    let pki = Pki::new("listen");
+    let server_cert = pki.server("server");
+    let good = pki.client("good", "ehr-1");
+    let bad = pki.client("bad", "intruder");
+    let (listener, port) = causeway_listen(&[
+        "--tls-cert",
+        server_cert.cert.to_str().unwrap(),
+        "--tls-key",
+        server_cert.key.to_str().unwrap(),
+        "--client-ca",
+        pki.ca.to_str().unwrap(),
+        "--allow-client",
+        "cn:ehr-1",
+    ]);
+    let file = &corpus_sample()[0];
+    let script = python_peer("hl7_client.py");
+    let run = |cert: &Path, key: &Path| {
+        Command::new(python())
+            .args([
+                script.to_str().unwrap(),
+                "--port",
+                &port,
+                "--tls-ca",
+                pki.ca.to_str().unwrap(),
+                "--tls-cert",
+                cert.to_str().unwrap(),
+                "--tls-key",
+                key.to_str().unwrap(),
+                file,
+            ])
+            .output()
+            .unwrap()
+    };
+    let out = run(&good.cert, &good.key);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("ACK AA "));
+    listener.wait_for_line(false, WAIT, |l| l.contains("(ehr-1)"));
+    // Same CA, but not on the allowlist: refused, and the log names who was refused.
+    let out = run(&bad.cert, &bad.key);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    listener.wait_for_line(true, WAIT, |l| l.contains("intruder"));
+}
+
+#[test]
+fn openssl_s_client_sees_tls12_or_13_only() {
+    let pki = Pki::new("versions");
+    let server_cert = pki.server("server");
+    let (_listener, port) = causeway_listen(&[
+        "--tls-cert",
+        server_cert.cert.to_str().unwrap(),
+        "--tls-key",
+        server_cert.key.to_str().unwrap(),
+    ]);
+    let connect = format!("127.0.0.1:{port}");
+    let s_client = |version: &str| {
+        Command::new("openssl")
+            .args([
+                "s_client",
+                "-connect",
+                &connect,
+                version,
+                "-CAfile",
+                pki.ca.to_str().unwrap(),
+                "-verify_return_error",
+            ])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("openssl")
+    };
+    for (flag, name) in [("-tls1_3", "TLSv1.3"), ("-tls1_2", "TLSv1.2")] {
+        let out = s_client(flag);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{flag}: {text}");
+        assert!(
+            text.contains(&format!("New, {name}, Cipher is ")),
+            "{flag}: {text}"
+        );
+        assert!(
+            text.contains("Verify return code: 0 (ok)"),
+            "{flag}: {text}"
+        );
+    }
+    let out = s_client("-tls1_1");
+    assert!(!out.status.success(), "TLS 1.1 must be refused");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Cipher is (NONE)"));
+}
