@@ -465,13 +465,7 @@ impl Ack {
         let esc = |s: &str| crate::escape::escape(s.as_bytes(), &d).into_owned();
         let mut m = MessageBuf::new(d);
         let version = parse_version(&o.version);
-        // Invariant for the `expect`s below: the paths are literals that parse, and MSH exists.
-        let mut set = |path: &str, raw: &[u8]| m.set_raw(path, raw).expect("valid literal path");
-        set("MSH-3", &o.receiving_app);
-        set("MSH-4", &o.receiving_facility);
-        set("MSH-5", &o.sending_app);
-        set("MSH-6", &o.sending_facility);
-        set("MSH-7", &esc(&self.timestamp));
+        // MSH-n is piece n-1 of the MSH segment (MSH-1 is the separator itself).
         let mut msh9 = b"ACK".to_vec();
         if !o.trigger.is_empty() {
             msh9.push(d.component);
@@ -481,17 +475,22 @@ impl Ack {
                 msh9.extend_from_slice(b"ACK");
             }
         }
-        set("MSH-9", &msh9);
-        set("MSH-10", &esc(&self.control_id));
-        set("MSH-11", &o.processing_id);
-        set("MSH-12", &o.version);
+        let msh = m.header_mut();
+        msh.field(2, &o.receiving_app)
+            .field(3, &o.receiving_facility)
+            .field(4, &o.sending_app)
+            .field(5, &o.sending_facility)
+            .field(6, &esc(&self.timestamp))
+            .field(8, &msh9)
+            .field(9, &esc(&self.control_id))
+            .field(10, &o.processing_id)
+            .field(11, &o.version);
         if matches!(o.mode, Some(AckMode::Enhanced { .. })) {
             // Nobody acknowledges an acknowledgement.
-            set("MSH-15", b"NE");
-            set("MSH-16", b"NE");
+            msh.field(14, b"NE").field(15, b"NE");
         }
         if !o.charset.is_empty() {
-            set("MSH-18", &o.charset);
+            msh.field(17, &o.charset);
         }
         let msa = m.push_segment("MSA");
         msa.field(1, self.code.as_str().as_bytes())

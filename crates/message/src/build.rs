@@ -73,6 +73,13 @@ impl MessageBuf {
         &self.segments
     }
 
+    /// The MSH segment, for setting fields by piece: MSH-n is piece n-1 (see
+    /// [`SegmentBuf::field`]).
+    pub fn header_mut(&mut self) -> &mut SegmentBuf {
+        // Invariant: every constructor creates MSH as the first segment.
+        &mut self.segments[0]
+    }
+
     /// Appends a segment with this ID, terminated by CR, and returns it for filling in.
     pub fn push_segment(&mut self, id: &str) -> &mut SegmentBuf {
         // A segment that followed a message without a final terminator now needs one.
@@ -184,7 +191,8 @@ impl SegmentBuf {
         &mut self.pieces[n]
     }
 
-    /// Sets field `n` of a non-MSH segment to escaped `text` (chaining helper for builders).
+    /// Sets piece `n` to `raw` bytes (already escaped). Piece `n` is field `n`, except in MSH
+    /// where it is field `n + 1` (MSH-1 is the separator). Chains, for builders.
     pub fn field(&mut self, n: usize, raw: &[u8]) -> &mut Self {
         *self.field_mut(n) = raw.to_vec();
         self

@@ -1027,3 +1027,65 @@ mod tests {
         }
     }
 }
+
+/// Entry point for fuzzers. The first byte picks the options and the read size; the rest is
+/// the stream. Checks that delivering the stream in small reads yields the same frames as one
+/// read, that the buffer never grows far past the frame limit, and that every decoded message
+/// frame encodes and decodes back to itself.
+#[doc(hidden)]
+pub fn fuzz_decode(data: &[u8]) {
+    let Some((&control, stream)) = data.split_first() else { return };
+    let mut options = FramingOptions::default().with_max_frame_len(1 + usize::from(control % 64) * 64);
+    options.strict = control & 0x80 != 0;
+    let chunk = 1 + usize::from((control >> 3) & 0x0F);
+    let frames = |read_size: usize| {
+        let mut decoder = FrameDecoder::new(options.clone());
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        for piece in stream.chunks(read_size.max(1)) {
+            buf.extend_from_slice(piece);
+            while let Some(item) = decoder.decode(&mut buf) {
+                out.push(item);
+            }
+            assert!(
+                buf.len() <= options.max_frame_len + read_size + 3,
+                "buffered {} bytes with a {}-byte limit",
+                buf.len(),
+                options.max_frame_len
+            );
+        }
+        while let Some(item) = decoder.decode_eof(&mut buf) {
+            out.push(item);
+        }
+        out.into_iter()
+            .filter_map(|d| match d {
+                Decoded::Frame(f) => Some(f),
+                Decoded::Event(_) => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    let whole = frames(stream.len());
+    assert_eq!(whole, frames(chunk), "frames depend on read boundaries");
+    for frame in whole {
+        let mut buf = BytesMut::new();
+        if frame.encode(&options, &mut buf).is_ok() {
+            let mut decoder = FrameDecoder::new(options.clone());
+            let again = decoder.decode(&mut buf);
+            assert_eq!(again, Some(Decoded::Frame(frame)), "re-encoded frame decodes differently");
+        }
+    }
+}
+
+#[cfg(test)]
+mod fuzz_entry_tests {
+    #[test]
+    fn fuzz_entry_holds_on_sample_streams() {
+        for control in [0x00u8, 0x10, 0x7F, 0x80, 0xFF, 0x09] {
+            let mut data = vec![control];
+            data.extend_from_slice(b"\0\r\n\x0bMSH|^~\\&|A|B\x1c\x0d\x0b\x06\x1c\x0dnoise\x0bMSH|x\x1cZ\x0b");
+            data.extend(std::iter::repeat_n(b'x', 5000));
+            data.extend_from_slice(b"\x1c\x0d\x0bMSH|tail");
+            super::fuzz_decode(&data);
+        }
+    }
+}

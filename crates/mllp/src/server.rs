@@ -32,6 +32,9 @@ use crate::tls::{PeerIdentity, ServerTls};
 
 /// Read buffer growth step. Frames larger than this grow the buffer as they
 /// arrive, up to the frame limit.
+/// How far the idle timer may lag behind the real idle deadline before it is moved.
+const TIMER_SLACK: Duration = Duration::from_secs(1);
+
 const READ_CHUNK: usize = 8 * 1024;
 
 /// First wait after a failed `accept`, doubled on each further failure.
@@ -380,6 +383,17 @@ where
 
     async fn serve(mut self) {
         let settings = &self.shared.settings;
+        // Created once per connection: registering a fresh cancellation waiter and a fresh
+        // timer on every read costs more than the rest of a small message's handling.
+        let stop = self.stop.clone();
+        let cancelled = stop.cancelled();
+        tokio::pin!(cancelled);
+        let timer = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(timer);
+        // Where `timer` is armed. The idle deadline moves with every read; the timer is only
+        // moved when the deadline gets earlier or drifts more than TIMER_SLACK later, and a
+        // timer that fires early is simply re-armed (below).
+        let mut armed: Option<Instant> = None;
         'conn: loop {
             while let Some(item) = self.decoder.decode(&mut self.buf) {
                 if let Next::Close = self.on_item(item).await {
@@ -395,20 +409,26 @@ where
             } else if self.frame_deadline.is_none() {
                 self.frame_deadline = Some(Instant::now() + settings.read_timeout);
             }
-            let wait = match self.frame_deadline {
-                Some(deadline) => Some(deadline.saturating_duration_since(Instant::now())),
-                None => settings.idle_timeout,
-            };
+            let deadline = self
+                .frame_deadline
+                .or_else(|| settings.idle_timeout.map(|idle| Instant::now() + idle));
+            if let Some(deadline) = deadline
+                && armed.is_none_or(|at| deadline < at || deadline > at + TIMER_SLACK)
+            {
+                timer.as_mut().reset(deadline);
+                armed = Some(deadline);
+            }
             self.buf.reserve(READ_CHUNK);
             let mid_frame = self.decoder.is_mid_frame();
             let result = tokio::select! {
                 // Between frames the stop signal closes the connection at
                 // once; mid-frame we let the message finish.
-                () = self.stop.cancelled(), if !mid_frame => {
+                () = &mut cancelled, if !mid_frame => {
                     debug!("closing idle connection for shutdown");
                     break;
                 }
-                r = read_some(&mut self.stream, &mut self.buf, wait) => r,
+                r = self.stream.read_buf(&mut self.buf) => Ok(r),
+                () = &mut timer, if deadline.is_some() => Err(()),
             };
             match result {
                 Ok(Ok(0)) => {
@@ -425,7 +445,11 @@ where
                     debug!(%error, "read failed");
                     break;
                 }
-                Err(_) if mid_frame => {
+                Err(()) if deadline.is_some_and(|d| Instant::now() < d) => {
+                    // Armed early (see TIMER_SLACK): re-arm at the real deadline.
+                    armed = None;
+                }
+                Err(()) if mid_frame => {
                     warn!(
                         timeout_ms = settings.read_timeout.as_millis() as u64,
                         buffered = self.buf.len(),
@@ -433,7 +457,7 @@ where
                     );
                     break;
                 }
-                Err(_) => {
+                Err(()) => {
                     info!("idle timeout; closing");
                     break;
                 }
@@ -456,16 +480,14 @@ where
 
     async fn on_message(&mut self, payload: Bytes) -> Next {
         let len = payload.len();
-        // Parse only to log the header fields; the borrow of `payload` must end
-        // before it moves into the handler.
-        let parsed = Message::parse(&payload).map(|msg| {
-            (
-                lossy(msg.control_id()),
-                lossy(msg.message_code()),
-                lossy(msg.trigger_event()),
-            )
+        // Parse to refuse garbage and to log the header fields. The fields are kept as
+        // `Bytes` slices of the payload (no copy) and only turned into text when the debug
+        // level is on, since this runs for every message.
+        let header = Message::parse(&payload).map(|msg| {
+            let slice = |b: Option<&[u8]>| b.map(|b| payload.slice_ref(b)).unwrap_or_default();
+            (slice(msg.control_id()), slice(msg.message_code()), slice(msg.trigger_event()))
         });
-        let (control_id, code, trigger) = match parsed {
+        let (control_id, code, trigger) = match header {
             Ok(header) => header,
             Err(error) => {
                 warn!(len, %error, "payload is not an HL7 message; replying AR");
@@ -478,7 +500,13 @@ where
                 return self.send(Frame::Message(nak.into())).await;
             }
         };
-        debug!(%control_id, message_type = %format_args!("{code}^{trigger}"), len, "message received");
+        let control_id = Lossy(control_id);
+        debug!(
+            %control_id,
+            message_type = %format_args!("{}^{}", Lossy(code), Lossy(trigger)),
+            len,
+            "message received"
+        );
         let reply = self.shared.handler.call(payload, self.info.clone()).await;
         match reply {
             Reply::Send(bytes) => {
@@ -558,19 +586,11 @@ where
     }
 }
 
-/// One read into `buf`, bounded by `wait` when there is one.
-async fn read_some<S: AsyncRead + Unpin>(
-    stream: &mut S,
-    buf: &mut BytesMut,
-    wait: Option<Duration>,
-) -> Result<io::Result<usize>, tokio::time::error::Elapsed> {
-    match wait {
-        Some(wait) => timeout(wait, stream.read_buf(buf)).await,
-        None => Ok(stream.read_buf(buf).await),
-    }
-}
+/// Bytes shown as lossy UTF-8 only when formatted (log fields are formatted lazily).
+struct Lossy(Bytes);
 
-/// Header bytes for a log field (control ids and codes are ASCII in practice).
-fn lossy(bytes: Option<&[u8]>) -> String {
-    String::from_utf8_lossy(bytes.unwrap_or_default()).into_owned()
+impl std::fmt::Display for Lossy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&String::from_utf8_lossy(&self.0))
+    }
 }

@@ -20,6 +20,7 @@ def parse_args():
     p.add_argument("--tls-cert")
     p.add_argument("--tls-key")
     p.add_argument("--client-ca")
+    p.add_argument("--quiet", action="store_true", help="no line per message (benchmarks)")
     return p.parse_args()
 
 
@@ -31,7 +32,8 @@ async def main():
             while not writer.is_closing():
                 msg = await reader.readmessage()
                 control_id = str(msg.segment("MSH")[10])
-                print(f"RECEIVED {control_id} {msg.segment('MSH')[9]}", flush=True)
+                if not args.quiet:
+                    print(f"RECEIVED {control_id} {msg.segment('MSH')[9]}", flush=True)
                 writer.writemessage(msg.create_ack(ack_code=args.ack))
                 await writer.drain()
         except asyncio.IncompleteReadError:
