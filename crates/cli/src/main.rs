@@ -43,6 +43,22 @@ enum Command {
     ///   causeway parse adt.hl7
     ///   causeway parse --path PID-3.1 adt.hl7
     ///   causeway parse --json < oru.hl7
+    /// Run the gateway: receive on every channel, store durably, acknowledge, deliver.
+    ///
+    /// Without --config it runs on embedded defaults: one channel on 127.0.0.1:2575, data in
+    /// ./causeway-data (SQLite), delivered as files to ./causeway-data/outbox, admin API on
+    /// 127.0.0.1:8080. SIGTERM or Ctrl-C stops accepting, finishes messages in hand and exits.
+    ///
+    /// Examples:
+    ///   causeway serve
+    ///   causeway serve --config causeway.toml --log-format json
+    #[command(verbatim_doc_comment)]
+    Serve(cmd::serve::Args),
+
+    /// Configuration tools.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+
     #[command(verbatim_doc_comment)]
     Parse(cmd::parse::Args),
 
@@ -71,15 +87,47 @@ enum Command {
     ///   causeway listen --tls-cert srv.pem --tls-key srv.key --client-ca ca.pem --allow-client cn:ehr-1
     #[command(verbatim_doc_comment)]
     Listen(cmd::listen::Args),
+
+    /// Check the path to an MLLP receiver step by step and say why messages do not get through.
+    ///
+    /// Checks DNS, the route (source address and interface), the TCP connection, what the
+    /// port speaks (MLLP, TLS, HTTP), the TLS certificate, one round trip with a harmless
+    /// test message (NMD^N02, processing id T, no patient data), a ladder of message sizes
+    /// from 1 KB to 1 MB (MTU black holes), and latency. Stops at the first failure. Each
+    /// check prints its evidence and a hint; --json gives stable codes such as tcp.refused,
+    /// tls.expired or path.mtu_blackhole. Exit code 0 when all pass, 1 with warnings only,
+    /// 2 when a check failed.
+    ///
+    /// Examples:
+    ///   causeway doctor 10.0.4.12:2575
+    ///   causeway doctor lab.example.org:6661 --ca ca.pem --cert me.pem --key me.key
+    ///   causeway doctor lab.example.org:6661 --tls --json --timeout 2s
+    #[command(verbatim_doc_comment)]
+    Doctor(cmd::doctor::Args),
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Check a configuration file and name the exact key that is wrong.
+    Check(cmd::serve::CheckArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Parse(args) => cmd::parse::run(&args),
+        Command::Config(ConfigCommand::Check(args)) => Ok(cmd::serve::check(&args)),
+        Command::Serve(args) => runtime().and_then(|rt| {
+            cmd::common::init_logging(cli.log_format, "info");
+            rt.block_on(cmd::serve::run(&args))
+        }),
         Command::Send(args) => runtime().and_then(|rt| {
             cmd::common::init_logging(cli.log_format, "warn");
             rt.block_on(cmd::send::run(&args))
+        }),
+        Command::Doctor(args) => runtime().and_then(|rt| {
+            cmd::common::init_logging(cli.log_format, "warn");
+            rt.block_on(cmd::doctor::run(&args))
         }),
         Command::Listen(args) => runtime().and_then(|rt| {
             cmd::common::init_logging(cli.log_format, "info");

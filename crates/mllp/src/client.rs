@@ -228,6 +228,9 @@ pub enum AckStatus {
     Error,
     /// AR or CR: the receiver refused it; do not resend unchanged.
     Rejected,
+    /// The message asks for no acknowledgement on success (MSH-15 and MSH-16 each NE or
+    /// ER): it was written, and nothing was waited for.
+    NotRequested,
 }
 
 impl AckStatus {
@@ -329,7 +332,14 @@ pub struct Client {
     target: String,
     settings: ClientSettings,
     conn: Option<Conn>,
+    /// Control ids of messages sent without waiting (they asked for no ACK on success). A
+    /// receiver may acknowledge them anyway; such a late ACK is recognised and skipped
+    /// instead of being taken for the reply to the next message. Bounded.
+    unanswered: std::collections::VecDeque<Vec<u8>>,
 }
+
+/// How many unanswered control ids are remembered.
+const UNANSWERED: usize = 64;
 
 impl Client {
     /// A client for `target` (`host:port`, `[v6]:port` or `ip:port`). Nothing
@@ -339,6 +349,7 @@ impl Client {
             target: target.into(),
             settings,
             conn: None,
+            unanswered: std::collections::VecDeque::new(),
         }
     }
 
@@ -367,17 +378,33 @@ impl Client {
     /// `Ok` means an ACK for this very message arrived; look at
     /// [`Delivery::status`] for accept, error or reject.
     pub async fn send(&mut self, message: &[u8]) -> Result<Delivery, ClientError> {
-        let control_id = {
+        let (control_id, wants_no_ack) = {
             let msg = Message::parse(message).map_err(ClientError::InvalidMessage)?;
             let id = msg.control_id().filter(|id| !id.is_empty());
-            id.ok_or(ClientError::MissingControlId)?.to_vec()
+            // Enhanced mode where neither MSH-15 nor MSH-16 asks for an ACK on success
+            // (NE, or ER: only on error): a receiver that accepts sends nothing back, so
+            // there is nothing to wait for. An error ACK sent anyway arrives before the next
+            // exchange's reply and is reported there as a control id mismatch.
+            let accepted = causeway_message::ack::Outcome::Accept;
+            let no_ack = match causeway_message::ack::AckMode::of(&msg) {
+                causeway_message::ack::AckMode::Enhanced {
+                    accept,
+                    application,
+                } => !accept.applies(accepted) && !application.applies(accepted),
+                causeway_message::ack::AckMode::Original => false,
+            };
+            (id.ok_or(ClientError::MissingControlId)?.to_vec(), no_ack)
         };
         let control_id_str = String::from_utf8_lossy(&control_id).into_owned();
         let mut out = BytesMut::new();
         crate::frame::encode_message(message, &self.settings.framing, &mut out)?;
 
         self.ensure_connected().await?;
-        let result = self.exchange(&out, &control_id, &control_id_str).await;
+        let result = if wants_no_ack {
+            self.write_only(&out, &control_id_str).await
+        } else {
+            self.exchange(&out, &control_id, &control_id_str).await
+        };
         match &result {
             Ok(delivery) => info!(
                 control_id = %control_id_str,
@@ -393,6 +420,37 @@ impl Client {
             }
         }
         result
+    }
+
+    /// Writes a message that asks for no acknowledgement on success (MSH-15/16 NE or ER).
+    async fn write_only(
+        &mut self,
+        frame: &[u8],
+        control_id_str: &str,
+    ) -> Result<Delivery, ClientError> {
+        let Some(conn) = self.conn.as_mut() else {
+            return Err(ClientError::ClosedBeforeAck);
+        };
+        let write = async {
+            conn.transport.write_all(frame).await?;
+            conn.transport.flush().await
+        };
+        match timeout(self.settings.write_timeout, write).await {
+            Ok(Ok(())) => {
+                if self.unanswered.len() == UNANSWERED {
+                    self.unanswered.pop_front();
+                }
+                self.unanswered
+                    .push_back(control_id_str.as_bytes().to_vec());
+                Ok(Delivery {
+                    status: AckStatus::NotRequested,
+                    control_id: control_id_str.to_owned(),
+                    reply: None,
+                })
+            }
+            Ok(Err(e)) => Err(ClientError::Write(e)),
+            Err(_) => Err(ClientError::WriteTimeout(self.settings.write_timeout)),
+        }
     }
 
     async fn exchange(
@@ -422,6 +480,10 @@ impl Client {
             while let Some(item) = conn.decoder.decode(&mut conn.buf) {
                 match item {
                     Decoded::Frame(Frame::Message(reply)) => {
+                        if let Some(late) = late_ack(&mut self.unanswered, &reply) {
+                            debug!(control_id = %late, "skipping a late ACK for a message sent without waiting");
+                            continue;
+                        }
                         return check_reply(&reply, control_id, control_id_str);
                     }
                     Decoded::Frame(Frame::CommitAck) if settings.accept_commit_ack => {
@@ -451,6 +513,10 @@ impl Client {
                     // A lenient reply without its trailer may end at EOF.
                     while let Some(item) = conn.decoder.decode_eof(&mut conn.buf) {
                         if let Decoded::Frame(Frame::Message(reply)) = item {
+                            if let Some(late) = late_ack(&mut self.unanswered, &reply) {
+                                debug!(control_id = %late, "skipping a late ACK for a message sent without waiting");
+                                continue;
+                            }
                             return check_reply(&reply, control_id, control_id_str);
                         }
                     }
@@ -707,4 +773,16 @@ mod tests {
         assert_eq!(AckStatus::of(AckCode::AR), AckStatus::Rejected);
         assert_eq!(AckStatus::of(AckCode::CR), AckStatus::Rejected);
     }
+}
+
+/// If `reply` acknowledges a message sent without waiting, forgets that message and returns
+/// its control id.
+fn late_ack(unanswered: &mut std::collections::VecDeque<Vec<u8>>, reply: &[u8]) -> Option<String> {
+    if unanswered.is_empty() {
+        return None;
+    }
+    let acked = AckReply::parse(reply).ok()?.acked_control_id;
+    let i = unanswered.iter().position(|id| *id == acked)?;
+    unanswered.remove(i);
+    Some(String::from_utf8_lossy(&acked).into_owned())
 }

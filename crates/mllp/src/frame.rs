@@ -1034,8 +1034,11 @@ mod tests {
 /// frame encodes and decodes back to itself.
 #[doc(hidden)]
 pub fn fuzz_decode(data: &[u8]) {
-    let Some((&control, stream)) = data.split_first() else { return };
-    let mut options = FramingOptions::default().with_max_frame_len(1 + usize::from(control % 64) * 64);
+    let Some((&control, stream)) = data.split_first() else {
+        return;
+    };
+    let mut options =
+        FramingOptions::default().with_max_frame_len(1 + usize::from(control % 64) * 64);
     options.strict = control & 0x80 != 0;
     let chunk = 1 + usize::from((control >> 3) & 0x0F);
     let frames = |read_size: usize| {
@@ -1071,7 +1074,11 @@ pub fn fuzz_decode(data: &[u8]) {
         if frame.encode(&options, &mut buf).is_ok() {
             let mut decoder = FrameDecoder::new(options.clone());
             let again = decoder.decode(&mut buf);
-            assert_eq!(again, Some(Decoded::Frame(frame)), "re-encoded frame decodes differently");
+            assert_eq!(
+                again,
+                Some(Decoded::Frame(frame)),
+                "re-encoded frame decodes differently"
+            );
         }
     }
 }
@@ -1082,7 +1089,9 @@ mod fuzz_entry_tests {
     fn fuzz_entry_holds_on_sample_streams() {
         for control in [0x00u8, 0x10, 0x7F, 0x80, 0xFF, 0x09] {
             let mut data = vec![control];
-            data.extend_from_slice(b"\0\r\n\x0bMSH|^~\\&|A|B\x1c\x0d\x0b\x06\x1c\x0dnoise\x0bMSH|x\x1cZ\x0b");
+            data.extend_from_slice(
+                b"\0\r\n\x0bMSH|^~\\&|A|B\x1c\x0d\x0b\x06\x1c\x0dnoise\x0bMSH|x\x1cZ\x0b",
+            );
             data.extend(std::iter::repeat_n(b'x', 5000));
             data.extend_from_slice(b"\x1c\x0d\x0bMSH|tail");
             super::fuzz_decode(&data);

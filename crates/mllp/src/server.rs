@@ -485,7 +485,11 @@ where
         // level is on, since this runs for every message.
         let header = Message::parse(&payload).map(|msg| {
             let slice = |b: Option<&[u8]>| b.map(|b| payload.slice_ref(b)).unwrap_or_default();
-            (slice(msg.control_id()), slice(msg.message_code()), slice(msg.trigger_event()))
+            (
+                slice(msg.control_id()),
+                slice(msg.message_code()),
+                slice(msg.trigger_event()),
+            )
         });
         let (control_id, code, trigger) = match header {
             Ok(header) => header,

@@ -202,7 +202,11 @@ async fn send_one(client: &mut Client, bytes: &[u8], connect_failures: &mut u32)
         Ok(delivery) => {
             *connect_failures = 0;
             let reply = delivery.reply.as_ref();
-            let code = reply.map_or_else(|| "commit-ack".to_owned(), |r| r.code.to_string());
+            let code = match (reply, delivery.status) {
+                (Some(r), _) => r.code.to_string(),
+                (None, AckStatus::NotRequested) => "no-ack-requested".to_owned(),
+                (None, _) => "commit-ack".to_owned(),
+            };
             let text = reply.and_then(|r| {
                 r.error
                     .as_ref()
@@ -218,7 +222,11 @@ async fn send_one(client: &mut Client, bytes: &[u8], connect_failures: &mut u32)
                 } else {
                     text
                 },
-                accepted: delivery.status == AckStatus::Accepted,
+                // A message that asks for no ACK on success (MSH-15/16 NE or ER) counts as sent.
+                accepted: matches!(
+                    delivery.status,
+                    AckStatus::Accepted | AckStatus::NotRequested
+                ),
             }
         }
         Err(e) => {

@@ -1,0 +1,90 @@
+//! `causeway serve` and `causeway config check`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use causeway_gateway::{Config, Gateway};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The configuration file (TOML). Without it: one channel on 127.0.0.1:2575, stored in
+    /// ./causeway-data, delivered to files in ./causeway-data/outbox, admin API on
+    /// 127.0.0.1:8080. See causeway.example.toml for every setting.
+    #[arg(long, short, value_name = "FILE", env = "CAUSEWAY_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CheckArgs {
+    /// The configuration file to check.
+    file: PathBuf,
+}
+
+/// Exit code for configuration errors (EX_CONFIG from sysexits.h).
+const EX_CONFIG: u8 = 78;
+
+pub fn load(path: Option<&PathBuf>) -> Result<Config, ExitCode> {
+    let loaded = match path {
+        Some(path) => Config::load(path).map_err(|e| (path.display().to_string(), e)),
+        None => Ok(Config::embedded_default()),
+    };
+    loaded.map_err(|(path, e)| {
+        eprintln!("causeway: {path}: {e}");
+        ExitCode::from(EX_CONFIG)
+    })
+}
+
+pub fn check(args: &CheckArgs) -> ExitCode {
+    match load(Some(&args.file)) {
+        Ok(config) => {
+            let destinations: usize = config.channels.iter().map(|c| c.destinations.len()).sum();
+            println!(
+                "{}: OK ({} channel{}, {} destination{})",
+                args.file.display(),
+                config.channels.len(),
+                if config.channels.len() == 1 { "" } else { "s" },
+                destinations,
+                if destinations == 1 { "" } else { "s" }
+            );
+            ExitCode::SUCCESS
+        }
+        Err(code) => code,
+    }
+}
+
+pub async fn run(args: &Args) -> anyhow::Result<ExitCode> {
+    let config = match load(args.config.as_ref()) {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    let data = config.store.path.clone();
+    let (gateway, running) = match Gateway::start(config).await {
+        Ok(started) => started,
+        Err(e) => {
+            eprintln!("causeway: cannot start: {e}");
+            return Ok(ExitCode::from(EX_CONFIG));
+        }
+    };
+    for (channel, addr) in &gateway.listening {
+        let dests: Vec<String> = gateway
+            .config
+            .channels
+            .iter()
+            .filter(|c| &c.name == channel)
+            .flat_map(|c| c.destinations.iter().map(|d| d.name.clone()))
+            .collect();
+        eprintln!(
+            "causeway: channel {channel}: MLLP on {addr} -> {}",
+            dests.join(", ")
+        );
+    }
+    eprintln!("causeway: data in {}", data.display());
+    if let Some(addr) = gateway.admin_addr() {
+        eprintln!("causeway: admin API on http://{addr} (/healthz /readyz /metrics /api)");
+    }
+    eprintln!("causeway: ready; stop with Ctrl-C or SIGTERM");
+    super::listen::shutdown_signal().await;
+    eprintln!("causeway: stopping: finishing messages in hand");
+    running.stop(&gateway).await;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,771 @@
+//! The configuration file, `causeway.toml`: what it may say, its defaults, and its checks.
+//!
+//! Every field's doc comment is the user manual for that key (README's configuration
+//! reference is generated from the same words). Unknown keys are errors, so a typo never
+//! silently falls back to a default. Secrets (tokens) may be written as `${ENV_VAR}` and are
+//! read from the environment at load time; they never appear in `Debug` output or logs.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Why a configuration could not be used. The message names the key.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema (the message names line, column and key).
+    #[error("{0}")]
+    Syntax(String),
+    /// A value is well-formed but not acceptable.
+    #[error("{key}: {reason}")]
+    Invalid {
+        /// Dotted path of the key, e.g. `channel[0].destination[1].to`.
+        key: String,
+        /// What is wrong and what would be right.
+        reason: String,
+    },
+}
+
+fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        reason: reason.into(),
+    }
+}
+
+/// A duration written as `"500ms"`, `"30s"`, `"10m"`, `"24h"` or `"30d"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dur(pub Duration);
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map(Dur).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "{text:?} is not a duration such as \"30s\" or \"10m\": {e}"
+            ))
+        })
+    }
+}
+
+/// A size written as a number of bytes or `"16MiB"`, `"512KiB"`, `"10GiB"`, `"1MB"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Size(pub u64);
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Number(n) => Ok(Size(n)),
+            Raw::Text(text) => parse_size(&text).map(Size).ok_or_else(|| {
+                serde::de::Error::custom(format!(
+                    "{text:?} is not a size such as \"16MiB\" or \"512KiB\""
+                ))
+            }),
+        }
+    }
+}
+
+fn parse_size(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (n, unit) = text.split_at(split);
+    let n: u64 = n.parse().ok()?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+/// A secret: written literally or as `${ENV_VAR}`; never printed.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The value, with `${VAR}` resolved from the environment.
+    pub fn resolve(&self, key: &str) -> Result<String, ConfigError> {
+        match self.0.strip_prefix("${").and_then(|s| s.strip_suffix('}')) {
+            Some(var) => std::env::var(var)
+                .map_err(|_| invalid(key, format!("environment variable {var} is not set"))),
+            None => Ok(self.0.clone()),
+        }
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where messages are stored.
+    #[serde(default)]
+    pub store: StoreConfig,
+    /// The admin API (health, metrics, search, replay).
+    #[serde(default)]
+    pub admin: AdminConfig,
+    /// The channels: each one listener, optional filters, one or more destinations.
+    #[serde(default, rename = "channel")]
+    pub channels: Vec<ChannelConfig>,
+}
+
+/// `[store]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Directory of the embedded SQLite store (created if missing). Default `./causeway-data`.
+    #[serde(default = "default_data_dir")]
+    pub path: PathBuf,
+    /// A resent message (same channel, sender, control id and bytes) within this window is
+    /// acknowledged again but not delivered twice. Default `"24h"`.
+    #[serde(default = "default_dedup")]
+    pub dedup_window: Dur,
+    /// Delivered messages older than this are pruned. Default `"30d"`. Failed and
+    /// dead-lettered messages are kept until handled, whatever their age.
+    #[serde(default = "default_max_age")]
+    pub max_age: Dur,
+    /// Delivered messages are pruned oldest first beyond this total size. Default `"10GiB"`.
+    #[serde(default = "default_max_bytes")]
+    pub max_bytes: Size,
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("./causeway-data")
+}
+fn default_dedup() -> Dur {
+    Dur(Duration::from_secs(24 * 3600))
+}
+fn default_max_age() -> Dur {
+    Dur(Duration::from_secs(30 * 24 * 3600))
+}
+fn default_max_bytes() -> Size {
+    Size(10 << 30)
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            path: default_data_dir(),
+            dedup_window: default_dedup(),
+            max_age: default_max_age(),
+            max_bytes: default_max_bytes(),
+        }
+    }
+}
+
+/// `[admin]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Address of the admin API. Default `127.0.0.1:8080`. Anything but loopback requires
+    /// `token`.
+    #[serde(default = "default_admin_bind")]
+    pub bind: SocketAddr,
+    /// Bearer token required on every request but `/healthz` and `/readyz`
+    /// (`Authorization: Bearer <token>`). `${ENV_VAR}` reads it from the environment.
+    pub token: Option<Secret>,
+    /// Name recorded in the audit log for requests made with `token`. Default `"admin"`.
+    #[serde(default = "default_token_name")]
+    pub token_name: String,
+    /// Turn the admin API off.
+    #[serde(default)]
+    pub disabled: bool,
+}
+
+fn default_admin_bind() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+fn default_token_name() -> String {
+    "admin".to_owned()
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            bind: default_admin_bind(),
+            token: None,
+            token_name: default_token_name(),
+            disabled: false,
+        }
+    }
+}
+
+/// When the sender gets its acknowledgement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum AckPolicy {
+    /// AA (CA in enhanced mode) as soon as the message is durably stored.
+    #[default]
+    AfterStore,
+    /// Wait for the first destination's outcome (up to `ack_timeout`) and relay it; AE on
+    /// timeout. The message is stored first and still delivered later either way.
+    AfterDelivery,
+}
+
+/// `[[channel]]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelConfig {
+    /// Unique name, used in metrics, the API and the store: letters, digits, `-` and `_`.
+    pub name: String,
+    /// When to acknowledge. Default `"after_store"`.
+    #[serde(default)]
+    pub ack: AckPolicy,
+    /// With `ack = "after_delivery"`, how long to wait for the destination. Default `"10s"`.
+    #[serde(default = "default_ack_timeout")]
+    pub ack_timeout: Dur,
+    /// The MLLP listener messages arrive on.
+    pub source: SourceConfig,
+    /// Where messages go; at least one.
+    #[serde(rename = "destination")]
+    pub destinations: Vec<DestinationConfig>,
+}
+
+fn default_ack_timeout() -> Dur {
+    Dur(Duration::from_secs(10))
+}
+
+/// `[channel.source]`: an MLLP listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// Address to listen on. Loopback unless configured: use `0.0.0.0:2575` to accept from
+    /// other hosts.
+    pub bind: SocketAddr,
+    /// Most connections at once; the next one is closed with a log line. Default 256.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Largest message; a larger frame gets an AR and is not buffered. Default `"16MiB"`.
+    #[serde(default = "default_max_message")]
+    pub max_message_size: Size,
+    /// Time allowed to receive one whole message once it started. Default `"30s"`.
+    #[serde(default = "default_read_timeout")]
+    pub read_timeout: Dur,
+    /// Idle connections are closed after this. Default `"10m"`.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: Dur,
+    /// Refuse a frame whose end block lacks its CR (lenient by default).
+    #[serde(default)]
+    pub strict_framing: bool,
+    /// TLS for this listener (plain MLLP when absent).
+    pub tls: Option<ServerTlsConfig>,
+}
+
+fn default_max_connections() -> usize {
+    256
+}
+fn default_max_message() -> Size {
+    Size(16 << 20)
+}
+fn default_read_timeout() -> Dur {
+    Dur(Duration::from_secs(30))
+}
+fn default_idle_timeout() -> Dur {
+    Dur(Duration::from_secs(600))
+}
+
+/// `[channel.source.tls]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerTlsConfig {
+    /// Certificate chain (PEM), reloaded when the file changes.
+    pub cert: PathBuf,
+    /// Private key (PEM).
+    pub key: PathBuf,
+    /// CA bundle (PEM) for client certificates: mutual TLS when set.
+    pub client_ca: Option<PathBuf>,
+    /// Client identities admitted: `cn:NAME`, `dns:NAME`, `uri:URI`. Empty admits any
+    /// client the CA signed.
+    #[serde(default)]
+    pub allow_clients: Vec<String>,
+}
+
+/// `[[channel.destination]]`
+///
+/// (No `deny_unknown_fields` here: serde cannot combine it with the flattened `kind`. The
+/// keys left over go to the kind's struct, which does deny unknown fields, so typos are
+/// still caught.)
+#[derive(Debug, Clone, Deserialize)]
+pub struct DestinationConfig {
+    /// Unique name across all channels.
+    pub name: String,
+    /// What to do with messages for this destination.
+    #[serde(flatten)]
+    pub kind: DestinationKind,
+    /// Which messages this destination takes (all when absent).
+    #[serde(default)]
+    pub filter: FilterConfig,
+    /// `"block"`: the head message is retried until it goes through, keeping order
+    /// (default). `"dead_letter"`: after `max_attempts` it is set aside and the queue moves
+    /// on; dead letters can be replayed.
+    #[serde(default)]
+    pub on_failure: OnFailure,
+    /// Attempts before a message is dead-lettered (with `on_failure = "dead_letter"`).
+    /// Default 10.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// First retry delay; doubles up to `retry_max`, with jitter. Default `"1s"`.
+    #[serde(default = "default_retry_initial")]
+    pub retry_initial: Dur,
+    /// Longest retry delay. Default `"5m"`.
+    #[serde(default = "default_retry_max")]
+    pub retry_max: Dur,
+}
+
+fn default_max_attempts() -> u32 {
+    10
+}
+fn default_retry_initial() -> Dur {
+    Dur(Duration::from_secs(1))
+}
+fn default_retry_max() -> Dur {
+    Dur(Duration::from_secs(300))
+}
+
+/// See [`DestinationConfig::on_failure`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OnFailure {
+    /// Keep order; retry the head forever.
+    #[default]
+    Block,
+    /// Set aside after `max_attempts`.
+    DeadLetter,
+}
+
+/// The destination types, chosen by `type = "mllp" | "http" | "file"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum DestinationKind {
+    /// Send over MLLP and check the ACK (MSA-2 must match).
+    Mllp(MllpDestination),
+    /// HTTP(S) POST.
+    Http(HttpDestination),
+    /// One file per message in a directory, written atomically.
+    File(FileDestination),
+}
+
+/// `type = "mllp"`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MllpDestination {
+    /// `host:port` of the receiver.
+    pub to: String,
+    /// Longest wait for the ACK. Default `"30s"`.
+    #[serde(default = "default_send_timeout")]
+    pub ack_timeout: Dur,
+    /// Longest wait for a connection. Default `"10s"`.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: Dur,
+    /// AE/CE from the receiver: retry (default `true`), or treat as permanent like AR.
+    #[serde(default = "default_true")]
+    pub retry_on_ae: bool,
+    /// TLS to the receiver.
+    pub tls: Option<ClientTlsConfig>,
+}
+
+fn default_send_timeout() -> Dur {
+    Dur(Duration::from_secs(30))
+}
+fn default_connect_timeout() -> Dur {
+    Dur(Duration::from_secs(10))
+}
+fn default_true() -> bool {
+    true
+}
+
+/// `[channel.destination.tls]` of an MLLP destination.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientTlsConfig {
+    /// CA bundle (PEM) that signs the receiver's certificate.
+    pub ca: Option<PathBuf>,
+    /// SHA-256 fingerprint (hex) of the receiver's certificate; alone, or with `ca`.
+    pub pin: Option<String>,
+    /// Client certificate (PEM) for mutual TLS.
+    pub cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    pub key: Option<PathBuf>,
+    /// Name to check in the certificate (default: the host of `to`).
+    pub server_name: Option<String>,
+}
+
+/// `type = "http"`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpDestination {
+    /// URL to POST to.
+    pub url: String,
+    /// `"er7"`: the message as received, `Content-Type: application/hl7-v2; charset=...`
+    /// (HL7 over HTTP). `"json"`: the parsed message as JSON. Default `"er7"`.
+    #[serde(default)]
+    pub format: HttpFormat,
+    /// Extra request headers.
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// Sent as `Authorization: Bearer <token>`; `${ENV_VAR}` reads it from the environment.
+    pub bearer_token: Option<Secret>,
+    /// Header carrying a stable message id, so the receiver can drop retries it already
+    /// has. Default `"Idempotency-Key"`.
+    #[serde(default = "default_id_header")]
+    pub message_id_header: String,
+    /// Status codes that mean "never retry" (the message is dead-lettered at once).
+    /// Default 400, 401, 403, 404, 405, 409, 410, 413, 415, 422. Any other non-2xx is retried.
+    #[serde(default = "default_permanent")]
+    pub permanent_failure_codes: Vec<u16>,
+    /// Longest wait for the response. Default `"30s"`.
+    #[serde(default = "default_send_timeout")]
+    pub timeout: Dur,
+    /// Extra CA bundle (PEM) to trust besides the public web roots.
+    pub ca: Option<PathBuf>,
+}
+
+fn default_id_header() -> String {
+    "Idempotency-Key".to_owned()
+}
+fn default_permanent() -> Vec<u16> {
+    vec![400, 401, 403, 404, 405, 409, 410, 413, 415, 422]
+}
+
+/// See [`HttpDestination::format`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum HttpFormat {
+    /// The raw message.
+    #[default]
+    Er7,
+    /// A JSON document of the parsed message.
+    Json,
+}
+
+/// `type = "file"`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileDestination {
+    /// Directory to write into (created if missing).
+    pub directory: PathBuf,
+    /// File name pattern: `{id}` (store id), `{control_id}`, `{type}` (e.g. `ADT_A01`),
+    /// `{channel}`, `{date}` (`YYYYMMDD` of receipt). Default `"{date}-{id}-{control_id}.hl7"`.
+    /// Characters outside letters, digits, `-`, `_`, `.` in values become `_`.
+    #[serde(default = "default_file_pattern")]
+    pub filename: String,
+}
+
+fn default_file_pattern() -> String {
+    "{date}-{id}-{control_id}.hl7".to_owned()
+}
+
+/// Which messages a destination takes. Each list is a set of alternatives; all given lists
+/// must match. Patterns use `*` (any run of characters) and `?` (one character).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilterConfig {
+    /// MSH-9 as `CODE^TRIGGER`, e.g. `["ADT^A0*", "ORU^R01"]`.
+    #[serde(default)]
+    pub message_type: Vec<String>,
+    /// MSH-3 sending application.
+    #[serde(default)]
+    pub sending_application: Vec<String>,
+    /// MSH-4 sending facility.
+    #[serde(default)]
+    pub sending_facility: Vec<String>,
+    /// MSH-5 receiving application.
+    #[serde(default)]
+    pub receiving_application: Vec<String>,
+    /// MSH-6 receiving facility.
+    #[serde(default)]
+    pub receiving_facility: Vec<String>,
+}
+
+impl Config {
+    /// Reads and checks a file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text)
+    }
+
+    /// Parses and checks TOML text.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let config: Config =
+            toml::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The embedded defaults: one channel on 127.0.0.1:2575 storing in `./causeway-data`
+    /// and delivering to files under `./causeway-data/outbox`.
+    pub fn embedded_default() -> Config {
+        Config::parse(DEFAULT_CONFIG)
+            .unwrap_or_else(|e| unreachable!("the embedded default config is valid: {e}"))
+    }
+
+    /// Checks what the types cannot: unique names, secrets resolvable, admin exposure.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.channels.is_empty() {
+            return Err(invalid(
+                "channel",
+                "no channels: add at least one [[channel]]",
+            ));
+        }
+        let mut channels = HashSet::new();
+        let mut destinations = HashSet::new();
+        let mut binds = HashSet::new();
+        for (i, c) in self.channels.iter().enumerate() {
+            let key = format!("channel[{i}]");
+            check_name(&format!("{key}.name"), &c.name)?;
+            if !channels.insert(c.name.as_str()) {
+                return Err(invalid(
+                    format!("{key}.name"),
+                    format!("duplicate channel name {:?}", c.name),
+                ));
+            }
+            if !binds.insert(c.source.bind) {
+                return Err(invalid(
+                    format!("{key}.source.bind"),
+                    format!("{} is used by another channel", c.source.bind),
+                ));
+            }
+            if c.source.max_connections == 0 {
+                return Err(invalid(
+                    format!("{key}.source.max_connections"),
+                    "must be at least 1",
+                ));
+            }
+            if let Some(tls) = &c.source.tls {
+                for (j, rule) in tls.allow_clients.iter().enumerate() {
+                    rule.parse::<causeway_mllp::tls::IdentityRule>()
+                        .map_err(|e| {
+                            invalid(
+                                format!("{key}.source.tls.allow_clients[{j}]"),
+                                e.to_string(),
+                            )
+                        })?;
+                }
+                if !tls.allow_clients.is_empty() && tls.client_ca.is_none() {
+                    return Err(invalid(
+                        format!("{key}.source.tls.allow_clients"),
+                        "needs client_ca",
+                    ));
+                }
+            }
+            if c.destinations.is_empty() {
+                return Err(invalid(
+                    format!("{key}.destination"),
+                    "a channel needs at least one [[channel.destination]]",
+                ));
+            }
+            for (j, d) in c.destinations.iter().enumerate() {
+                let dkey = format!("{key}.destination[{j}]");
+                check_name(&format!("{dkey}.name"), &d.name)?;
+                if !destinations.insert(d.name.as_str()) {
+                    return Err(invalid(
+                        format!("{dkey}.name"),
+                        format!(
+                            "duplicate destination name {:?} (names are unique across channels)",
+                            d.name
+                        ),
+                    ));
+                }
+                if d.max_attempts == 0 {
+                    return Err(invalid(
+                        format!("{dkey}.max_attempts"),
+                        "must be at least 1",
+                    ));
+                }
+                match &d.kind {
+                    DestinationKind::Mllp(m) => {
+                        if !m.to.contains(':') {
+                            return Err(invalid(
+                                format!("{dkey}.to"),
+                                format!("{:?} is not host:port", m.to),
+                            ));
+                        }
+                        if let Some(tls) = &m.tls {
+                            if tls.ca.is_none() && tls.pin.is_none() {
+                                return Err(invalid(format!("{dkey}.tls"), "needs ca or pin"));
+                            }
+                            if let Some(pin) = &tls.pin {
+                                pin.parse::<causeway_mllp::tls::Fingerprint>()
+                                    .map_err(|e| {
+                                        invalid(format!("{dkey}.tls.pin"), e.to_string())
+                                    })?;
+                            }
+                        }
+                    }
+                    DestinationKind::Http(h) => {
+                        if !(h.url.starts_with("http://") || h.url.starts_with("https://")) {
+                            return Err(invalid(
+                                format!("{dkey}.url"),
+                                format!("{:?} is not an http:// or https:// URL", h.url),
+                            ));
+                        }
+                        if let Some(token) = &h.bearer_token {
+                            token.resolve(&format!("{dkey}.bearer_token"))?;
+                        }
+                    }
+                    DestinationKind::File(f) => {
+                        if f.filename.contains('/') || f.filename.contains("..") {
+                            return Err(invalid(
+                                format!("{dkey}.filename"),
+                                "must be a file name, not a path",
+                            ));
+                        }
+                        if !f.filename.contains("{id}") {
+                            return Err(invalid(
+                                format!("{dkey}.filename"),
+                                "must contain {id} so names never collide",
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        if !self.admin.disabled {
+            match &self.admin.token {
+                Some(token) if token.resolve("admin.token")?.len() < 16 => {
+                    return Err(invalid("admin.token", "use at least 16 characters"));
+                }
+                Some(_) => {}
+                None if !self.admin.bind.ip().is_loopback() => {
+                    return Err(invalid(
+                        "admin.token",
+                        format!(
+                            "the admin API binds {} (not loopback): set a token",
+                            self.admin.bind
+                        ),
+                    ));
+                }
+                None => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_name(key: &str, name: &str) -> Result<(), ConfigError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            key,
+            format!("{name:?}: use 1 to 64 letters, digits, '-' or '_'"),
+        ))
+    }
+}
+
+/// What `causeway serve` runs with no `--config`.
+pub const DEFAULT_CONFIG: &str = r#"
+[store]
+path = "./causeway-data"
+
+[admin]
+bind = "127.0.0.1:8080"
+
+[[channel]]
+name = "default"
+
+[channel.source]
+bind = "127.0.0.1:2575"
+
+[[channel.destination]]
+name = "outbox"
+type = "file"
+directory = "./causeway-data/outbox"
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_is_valid() {
+        let c = Config::embedded_default();
+        assert_eq!(c.channels[0].source.bind, "127.0.0.1:2575".parse().unwrap());
+        assert_eq!(c.channels[0].ack, AckPolicy::AfterStore);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let base = DEFAULT_CONFIG;
+        let typo = base.replace("bind = \"127.0.0.1:2575\"", "bnd = \"127.0.0.1:2575\"");
+        let e = Config::parse(&typo).unwrap_err().to_string();
+        assert!(e.contains("bnd") && e.contains("line"), "{e}");
+        let bad = base.replace("type = \"file\"", "type = \"ftp\"");
+        assert!(Config::parse(&bad).unwrap_err().to_string().contains("ftp"));
+        let exposed = base.replace("bind = \"127.0.0.1:8080\"", "bind = \"0.0.0.0:8080\"");
+        let e = Config::parse(&exposed).unwrap_err().to_string();
+        assert!(e.starts_with("admin.token:"), "{e}");
+        let dur = base.replace("[store]", "[store]\nmax_age = \"forever\"");
+        assert!(
+            Config::parse(&dur)
+                .unwrap_err()
+                .to_string()
+                .contains("forever")
+        );
+        let env = base.replace("[admin]", "[admin]\ntoken = \"${CAUSEWAY_TEST_UNSET_VAR}\"");
+        let e = Config::parse(&env).unwrap_err().to_string();
+        assert!(e.contains("CAUSEWAY_TEST_UNSET_VAR"), "{e}");
+        let typo = base.replace("directory =", "directroy =");
+        assert!(
+            Config::parse(&typo)
+                .unwrap_err()
+                .to_string()
+                .contains("directroy")
+        );
+        let dup = format!(
+            "{base}\n[[channel.destination]]\nname = \"outbox\"\ntype = \"file\"\ndirectory = \"x\"\n"
+        );
+        assert!(
+            Config::parse(&dup)
+                .unwrap_err()
+                .to_string()
+                .contains("channel[0].destination[1].name")
+        );
+    }
+
+    #[test]
+    fn sizes_and_secrets() {
+        assert_eq!(parse_size("16MiB"), Some(16 << 20));
+        assert_eq!(parse_size("1MB"), Some(1_000_000));
+        assert_eq!(parse_size("x"), None);
+        assert_eq!(format!("{:?}", Secret("hunter2".into())), "Secret(***)");
+    }
+}

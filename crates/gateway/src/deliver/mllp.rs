@@ -1,0 +1,81 @@
+//! MLLP destination: send, wait for the ACK, check that MSA-2 is our MSH-10.
+
+use causeway_mllp::client::{AckStatus, Client, ClientError, ClientSettings};
+use causeway_mllp::tls::{ClientTls, ClientTlsSettings};
+
+use super::{Attempt, Outgoing};
+use crate::config::MllpDestination;
+
+/// Sends to one MLLP receiver over a kept-open connection.
+#[derive(Debug)]
+pub struct MllpSender {
+    client: Client,
+    retry_on_ae: bool,
+}
+
+impl MllpSender {
+    /// From the destination's configuration; TLS files are read here.
+    pub fn new(config: &MllpDestination) -> Result<MllpSender, String> {
+        let mut settings = ClientSettings::default();
+        settings.ack_timeout = config.ack_timeout.0;
+        settings.connect_timeout = config.connect_timeout.0;
+        // The worker retries with its own backoff; one connection attempt per send.
+        settings.connect_attempts = 1;
+        if let Some(tls) = &config.tls {
+            let mut t = ClientTlsSettings::default();
+            t.ca_path = tls.ca.clone();
+            t.pin = tls
+                .pin
+                .as_deref()
+                .map(str::parse)
+                .transpose()
+                .map_err(|e| format!("tls.pin: {e}"))?;
+            t.client_cert_path = tls.cert.clone();
+            t.client_key_path = tls.key.clone();
+            t.server_name = tls.server_name.clone();
+            settings.tls = Some(ClientTls::load(&t).map_err(|e| format!("TLS: {e}"))?);
+        }
+        Ok(MllpSender {
+            client: Client::new(config.to.clone(), settings),
+            retry_on_ae: config.retry_on_ae,
+        })
+    }
+
+    /// One attempt.
+    pub async fn send(&mut self, message: &Outgoing) -> Attempt {
+        match self.client.send(&message.raw).await {
+            Ok(delivery) => {
+                let reply = delivery.reply.as_ref();
+                let code = reply.map(|r| r.code.to_string());
+                let text = reply.and_then(|r| {
+                    r.error
+                        .as_ref()
+                        .map(|e| format!("{} {}", e.code, e.text))
+                        .or_else(|| r.text.clone())
+                });
+                match delivery.status {
+                    AckStatus::Accepted | AckStatus::NotRequested => {
+                        Attempt::Delivered { code, text }
+                    }
+                    AckStatus::Error if self.retry_on_ae => Attempt::Retry(format!(
+                        "{}: {}",
+                        code.unwrap_or_default(),
+                        text.unwrap_or_default()
+                    )),
+                    _ => Attempt::Permanent(format!(
+                        "{}: {}",
+                        code.unwrap_or_default(),
+                        text.unwrap_or_default()
+                    )),
+                }
+            }
+            // The message itself cannot be sent as it is: retrying will not change that.
+            Err(
+                e @ (ClientError::InvalidMessage(_)
+                | ClientError::MissingControlId
+                | ClientError::Encode(_)),
+            ) => Attempt::Permanent(e.to_string()),
+            Err(e) => Attempt::Retry(e.to_string()),
+        }
+    }
+}

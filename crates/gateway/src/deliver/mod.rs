@@ -1,0 +1,281 @@
+//! Delivery: one worker per destination takes the head of its queue from the store, sends
+//! it, and records the outcome. Strict FIFO per destination: a failed head is retried (with
+//! exponential backoff and jitter) before anything behind it, unless the destination
+//! dead-letters after `max_attempts`.
+//!
+//! # Layout
+//! - [`mllp`], [`http`], [`file`]: the three kinds of destination.
+//! - [`Worker`]: the loop around them.
+
+pub mod file;
+pub mod http;
+pub mod mllp;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use causeway_store::{AttemptResult, PendingDelivery, Store, Timestamp};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::config::{DestinationConfig, DestinationKind, OnFailure};
+use crate::metrics::Metrics;
+use crate::waiters::Waiters;
+
+/// What one attempt came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Attempt {
+    /// The destination took it; the ACK code and text when there was one.
+    Delivered {
+        /// MSA-1 (or the HTTP status as text).
+        code: Option<String>,
+        /// MSA-3 or the ERR text, or a short response body.
+        text: Option<String>,
+    },
+    /// A failure a retry may fix (connection, timeout, AE, HTTP 5xx).
+    Retry(String),
+    /// A failure no retry will fix (AR, HTTP 4xx in the permanent list).
+    Permanent(String),
+}
+
+/// A message as a destination sees it.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    /// Store id.
+    pub message_id: i64,
+    /// The bytes as received.
+    pub raw: bytes::Bytes,
+    /// MSH-10.
+    pub control_id: String,
+}
+
+/// One destination's sender.
+#[derive(Debug)]
+pub enum Sender {
+    /// MLLP (boxed: its client holds buffers and TLS state, much larger than the others).
+    Mllp(Box<mllp::MllpSender>),
+    /// HTTP POST.
+    Http(http::HttpSender),
+    /// Files.
+    File(file::FileSender),
+}
+
+impl Sender {
+    /// Builds the sender a destination's configuration describes.
+    pub fn new(channel: &str, config: &DestinationConfig) -> Result<Sender, String> {
+        Ok(match &config.kind {
+            DestinationKind::Mllp(m) => Sender::Mllp(Box::new(mllp::MllpSender::new(m)?)),
+            DestinationKind::Http(h) => Sender::Http(http::HttpSender::new(h, &config.name)?),
+            DestinationKind::File(f) => Sender::File(file::FileSender::new(f, channel)?),
+        })
+    }
+
+    async fn send(&mut self, message: &Outgoing) -> Attempt {
+        match self {
+            Sender::Mllp(s) => s.send(message).await,
+            Sender::Http(s) => s.send(message).await,
+            Sender::File(s) => s.send(message).await,
+        }
+    }
+}
+
+/// Retry policy of one destination.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// Block or dead-letter.
+    pub on_failure: OnFailure,
+    /// Attempts before dead-lettering.
+    pub max_attempts: u32,
+    /// First retry delay.
+    pub retry_initial: Duration,
+    /// Longest retry delay.
+    pub retry_max: Duration,
+}
+
+impl Policy {
+    /// From the destination's configuration.
+    pub fn new(c: &DestinationConfig) -> Policy {
+        Policy {
+            on_failure: c.on_failure,
+            max_attempts: c.max_attempts,
+            retry_initial: c.retry_initial.0,
+            retry_max: c.retry_max.0,
+        }
+    }
+
+    /// The delay after failed attempt number `attempts` (1-based), with up to 25% jitter.
+    fn backoff(&self, attempts: u32) -> Duration {
+        let backoff = causeway_mllp::client::Backoff::default();
+        let mut b = backoff;
+        b.initial = self.retry_initial;
+        b.max = self.retry_max;
+        b.delay(attempts.saturating_sub(1))
+    }
+}
+
+/// The worker of one destination.
+#[derive(Debug)]
+pub struct Worker {
+    /// Destination name.
+    pub name: String,
+    /// Channel name (for metrics).
+    pub channel: String,
+    /// Sender.
+    pub sender: Sender,
+    /// Retry policy.
+    pub policy: Policy,
+    /// Where the queue lives.
+    pub store: Arc<dyn Store>,
+    /// Woken when a message is queued for this destination.
+    pub wake: Arc<Notify>,
+    /// Counters and histograms.
+    pub metrics: Arc<Metrics>,
+    /// `after_delivery` acknowledgements waiting for this destination's outcome.
+    pub waiters: Arc<Waiters>,
+}
+
+/// How often an idle worker looks at its queue even without a wake-up (replays and retries
+/// made elsewhere, e.g. by the admin API, are picked up within this time).
+const POLL: Duration = Duration::from_millis(500);
+/// How many deliveries one store read fetches.
+const BATCH: usize = 64;
+
+fn now() -> Timestamp {
+    Timestamp::from(SystemTime::now())
+}
+
+impl Worker {
+    /// Delivers until `stop` is cancelled; finishes the attempt in hand first.
+    pub async fn run(mut self, stop: CancellationToken) {
+        info!(destination = %self.name, "delivery worker started");
+        let mut store_backoff = Duration::from_millis(100);
+        loop {
+            if stop.is_cancelled() {
+                break;
+            }
+            let batch = match self.store.next_pending(&self.name, now(), BATCH).await {
+                Ok(batch) => {
+                    store_backoff = Duration::from_millis(100);
+                    batch
+                }
+                Err(error) => {
+                    warn!(destination = %self.name, %error, "cannot read the delivery queue; retrying");
+                    tokio::select! {
+                        () = stop.cancelled() => break,
+                        () = tokio::time::sleep(store_backoff) => {}
+                    }
+                    store_backoff = (store_backoff * 2).min(Duration::from_secs(10));
+                    continue;
+                }
+            };
+            if batch.is_empty() {
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    () = self.wake.notified() => {}
+                    () = tokio::time::sleep(POLL) => {}
+                }
+                continue;
+            }
+            for pending in batch {
+                if stop.is_cancelled() {
+                    break;
+                }
+                if !self.attempt(pending).await {
+                    // The head failed: nothing behind it goes before its retry time.
+                    break;
+                }
+            }
+        }
+        info!(destination = %self.name, "delivery worker stopped");
+    }
+
+    /// One attempt and its record; `true` when the queue may move on.
+    async fn attempt(&mut self, pending: PendingDelivery) -> bool {
+        let outgoing = Outgoing {
+            message_id: pending.message_id.0,
+            raw: pending.raw.clone(),
+            control_id: pending.control_id.clone(),
+        };
+        let started = std::time::Instant::now();
+        let attempt = self.sender.send(&outgoing).await;
+        let elapsed = started.elapsed();
+        let attempts = pending.attempts + 1;
+        let (result, moved_on) = match &attempt {
+            Attempt::Delivered { code, text } => {
+                debug!(destination = %self.name, message_id = pending.message_id.0, control_id = %pending.control_id, ?code, "delivered");
+                self.metrics.delivered(&self.channel, &self.name, elapsed);
+                (
+                    AttemptResult::Delivered {
+                        ack_code: code.clone(),
+                        ack_text: text.clone(),
+                        ack_raw: None,
+                    },
+                    true,
+                )
+            }
+            Attempt::Permanent(error) => {
+                warn!(destination = %self.name, message_id = pending.message_id.0, control_id = %pending.control_id, %error, "refused permanently; dead-lettered");
+                self.metrics.dead_lettered(&self.channel, &self.name);
+                (
+                    AttemptResult::DeadLettered {
+                        error: error.clone(),
+                    },
+                    true,
+                )
+            }
+            Attempt::Retry(error)
+                if self.policy.on_failure == OnFailure::DeadLetter
+                    && attempts >= self.policy.max_attempts =>
+            {
+                warn!(destination = %self.name, message_id = pending.message_id.0, control_id = %pending.control_id, attempts, %error, "giving up; dead-lettered");
+                self.metrics.dead_lettered(&self.channel, &self.name);
+                (
+                    AttemptResult::DeadLettered {
+                        error: format!("{error} (after {attempts} attempts)"),
+                    },
+                    true,
+                )
+            }
+            Attempt::Retry(error) => {
+                let delay = self.policy.backoff(attempts);
+                warn!(destination = %self.name, message_id = pending.message_id.0, control_id = %pending.control_id, attempts, retry_in_ms = delay.as_millis() as u64, %error, "delivery failed; will retry");
+                self.metrics.failed(&self.channel, &self.name);
+                (
+                    AttemptResult::Failed {
+                        error: error.clone(),
+                        retry_at: now().saturating_add(delay),
+                    },
+                    false,
+                )
+            }
+        };
+        // The outcome is recorded before anything else learns of it. If recording fails the
+        // delivery stays queued and is attempted again (at-least-once).
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match self
+                .store
+                .record_attempt(pending.id, now(), result.clone())
+                .await
+            {
+                Ok(()) => break,
+                Err(
+                    causeway_store::StoreError::Conflict { .. }
+                    | causeway_store::StoreError::NotFound { .. },
+                ) => {
+                    // Replayed or settled meanwhile (e.g. by the admin API): nothing to record.
+                    break;
+                }
+                Err(error) => {
+                    warn!(destination = %self.name, %error, "cannot record the delivery attempt; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        self.waiters
+            .complete(pending.message_id.0, &self.name, &attempt);
+        moved_on
+    }
+}

@@ -1,0 +1,326 @@
+//! Starting, running and stopping the gateway.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use causeway_mllp::ack::ControlIds;
+use causeway_mllp::frame::FramingOptions;
+use causeway_mllp::server::{self, ServerSettings};
+use causeway_mllp::tls::{IdentityRule, ServerTls, ServerTlsSettings};
+use causeway_store::sqlite::SqliteStore;
+use causeway_store::{Retention, Store, StoreSettings, Timestamp};
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::config::Config;
+use crate::deliver::{Policy, Sender, Worker};
+use crate::ingest::{ChannelHandler, ChannelIngest, Route};
+use crate::metrics::{Metrics, QueueLabel};
+use crate::route::Filter;
+use crate::waiters::Waiters;
+
+/// Why the gateway could not start (or stopped on its own).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum GatewayError {
+    /// The store could not be opened.
+    #[error("cannot open the store at {path}: {source}")]
+    Store {
+        /// Its path.
+        path: String,
+        /// Why.
+        source: causeway_store::StoreError,
+    },
+    /// A listener could not bind its address.
+    #[error("channel {channel}: cannot listen on {addr}: {source}")]
+    Bind {
+        /// Channel name.
+        channel: String,
+        /// Address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A destination or TLS setting could not be set up (files, certificates).
+    #[error("{what}: {reason}")]
+    Setup {
+        /// Which part (`channel adt destination lab`).
+        what: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A gateway's shared parts, as the admin API sees them.
+#[derive(Debug)]
+pub struct Gateway {
+    /// The configuration it runs.
+    pub config: Config,
+    /// The journal.
+    pub store: Arc<dyn Store>,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+    /// Each channel's ingest path (for message injection), by name.
+    pub channels: BTreeMap<String, Arc<ChannelIngest>>,
+    /// Each destination's wake-up (after a replay), by name.
+    pub wakers: BTreeMap<String, Arc<Notify>>,
+    /// The listeners' actual addresses, by channel.
+    pub listening: BTreeMap<String, SocketAddr>,
+    /// Cancelled when the gateway is stopping.
+    pub stopping: CancellationToken,
+    /// Where the admin API listens (`None` when disabled).
+    pub admin: Option<SocketAddr>,
+}
+
+/// How long listeners may take to finish messages in hand after the stop signal.
+const GRACE: Duration = Duration::from_secs(20);
+
+impl Gateway {
+    /// Where the admin API listens, if it is on.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin
+    }
+
+    /// Opens the store, binds every listener and starts every worker; returns once the
+    /// gateway is serving. `run` then waits for the stop signal.
+    pub async fn start(config: Config) -> Result<(Arc<Gateway>, Running), GatewayError> {
+        let data = &config.store.path;
+        std::fs::create_dir_all(data).map_err(|e| GatewayError::Setup {
+            what: format!("store.path {}", data.display()),
+            reason: e.to_string(),
+        })?;
+        let db = data.join("causeway.db");
+        let settings = StoreSettings::default().dedup_window(config.store.dedup_window.0);
+        let store: Arc<dyn Store> =
+            Arc::new(SqliteStore::open(&db, settings).await.map_err(|source| {
+                GatewayError::Store {
+                    path: db.display().to_string(),
+                    source,
+                }
+            })?);
+        let metrics = Arc::new(Metrics::new());
+        let waiters = Arc::new(Waiters::default());
+        let control_ids = Arc::new(ControlIds::new());
+        let stopping = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        let mut channels = BTreeMap::new();
+        let mut wakers = BTreeMap::new();
+        let mut listening = BTreeMap::new();
+        let workers_stop = CancellationToken::new();
+        let mut workers = JoinSet::new();
+
+        for channel in &config.channels {
+            let mut routes = Vec::new();
+            for dest in &channel.destinations {
+                let sender =
+                    Sender::new(&channel.name, dest).map_err(|reason| GatewayError::Setup {
+                        what: format!("channel {} destination {}", channel.name, dest.name),
+                        reason,
+                    })?;
+                let wake = Arc::new(Notify::new());
+                wakers.insert(dest.name.clone(), wake.clone());
+                routes.push(Route {
+                    destination: dest.name.clone(),
+                    filter: Filter::new(&dest.filter),
+                    wake: wake.clone(),
+                });
+                let worker = Worker {
+                    name: dest.name.clone(),
+                    channel: channel.name.clone(),
+                    sender,
+                    policy: Policy::new(dest),
+                    store: store.clone(),
+                    wake,
+                    metrics: metrics.clone(),
+                    waiters: waiters.clone(),
+                };
+                workers.spawn(worker.run(workers_stop.clone()));
+            }
+            let ingest = Arc::new(ChannelIngest {
+                name: channel.name.clone(),
+                store: store.clone(),
+                routes,
+                ack_policy: channel.ack,
+                ack_timeout: channel.ack_timeout.0,
+                metrics: metrics.clone(),
+                waiters: waiters.clone(),
+                control_ids: control_ids.clone(),
+            });
+            channels.insert(channel.name.clone(), ingest.clone());
+
+            let src = &channel.source;
+            let listener =
+                TcpListener::bind(src.bind)
+                    .await
+                    .map_err(|source| GatewayError::Bind {
+                        channel: channel.name.clone(),
+                        addr: src.bind,
+                        source,
+                    })?;
+            let local = listener.local_addr().unwrap_or(src.bind);
+            listening.insert(channel.name.clone(), local);
+            let mut settings = ServerSettings::default();
+            settings.max_connections = src.max_connections;
+            settings.read_timeout = src.read_timeout.0;
+            settings.idle_timeout = Some(src.idle_timeout.0);
+            settings.grace_period = GRACE;
+            let mut framing = FramingOptions::default()
+                .with_max_frame_len(usize::try_from(src.max_message_size.0).unwrap_or(usize::MAX));
+            framing.strict = src.strict_framing;
+            settings.framing = framing;
+            settings.control_ids = control_ids.clone();
+            if let Some(tls) = &src.tls {
+                let mut t = ServerTlsSettings::new(&tls.cert, &tls.key);
+                if let Some(ca) = &tls.client_ca {
+                    t = t.with_client_ca(ca);
+                }
+                if !tls.allow_clients.is_empty() {
+                    let rules = tls
+                        .allow_clients
+                        .iter()
+                        .map(|r| r.parse::<IdentityRule>())
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(|e| GatewayError::Setup {
+                            what: format!("channel {} source.tls", channel.name),
+                            reason: e.to_string(),
+                        })?;
+                    t = t.with_allowed_clients(rules);
+                }
+                let tls = Arc::new(ServerTls::load(t).map_err(|e| GatewayError::Setup {
+                    what: format!("channel {} source.tls", channel.name),
+                    reason: e.to_string(),
+                })?);
+                let stop = stopping.clone();
+                tasks.spawn(tls.clone().watch(Duration::from_secs(5), async move {
+                    stop.cancelled().await
+                }));
+                settings.tls = Some(tls);
+            }
+            info!(channel = %channel.name, addr = %local, tls = src.tls.is_some(), destinations = channel.destinations.len(), "channel listening");
+            let stop = stopping.clone();
+            let name = channel.name.clone();
+            tasks.spawn(async move {
+                if let Err(e) =
+                    server::run(listener, ChannelHandler(ingest), settings, async move {
+                        stop.cancelled().await
+                    })
+                    .await
+                {
+                    error!(channel = %name, error = %e, "listener failed");
+                }
+            });
+        }
+
+        // The admin API is not served yet: nothing binds config.admin.bind.
+        let admin = None;
+        let gateway = Arc::new(Gateway { config, store, metrics, channels, wakers, listening, stopping: stopping.clone(), admin });
+        tasks.spawn(housekeeping(gateway.clone()));
+        Ok((
+            gateway,
+            Running {
+                tasks,
+                workers,
+                workers_stop,
+            },
+        ))
+    }
+}
+
+/// The gateway's tasks, to wait for at shutdown.
+#[derive(Debug)]
+pub struct Running {
+    tasks: JoinSet<()>,
+    workers: JoinSet<()>,
+    workers_stop: CancellationToken,
+}
+
+impl Running {
+    /// Stops in order: listeners stop accepting and finish messages in hand (within the
+    /// grace period), then workers finish their attempt in hand, then the store closes.
+    pub async fn stop(mut self, gateway: &Gateway) {
+        gateway.stopping.cancel();
+        let drained = tokio::time::timeout(GRACE + Duration::from_secs(5), async {
+            while self.tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            warn!("listeners did not drain within the grace period");
+            self.tasks.abort_all();
+        }
+        self.workers_stop.cancel();
+        if tokio::time::timeout(Duration::from_secs(35), async {
+            while self.workers.join_next().await.is_some() {}
+        })
+        .await
+        .is_err()
+        {
+            warn!(
+                "delivery workers did not stop in time; the attempts in hand will be retried after restart"
+            );
+            self.workers.abort_all();
+        }
+        if let Err(e) = gateway.store.close().await {
+            warn!(error = %e, "store did not close cleanly");
+        }
+        info!("gateway stopped");
+    }
+}
+
+/// Every few seconds: queue gauges. Every minute: retention.
+async fn housekeeping(gateway: Arc<Gateway>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    let mut n: u64 = 0;
+    loop {
+        tokio::select! {
+            () = gateway.stopping.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        n += 1;
+        let now = Timestamp::from(SystemTime::now());
+        if let Ok(stats) = gateway.store.queue_stats().await {
+            for s in stats {
+                let label = QueueLabel {
+                    destination: s.destination.clone(),
+                };
+                gateway
+                    .metrics
+                    .queue_depth
+                    .get_or_create(&label)
+                    .set(i64::try_from(s.pending).unwrap_or(i64::MAX));
+                gateway
+                    .metrics
+                    .dead_letters
+                    .get_or_create(&label)
+                    .set(i64::try_from(s.dead_lettered).unwrap_or(i64::MAX));
+                let age = s
+                    .oldest_pending_received_at
+                    .map_or(0, |t| (now.as_millis() - t.as_millis()).max(0) / 1000);
+                gateway
+                    .metrics
+                    .oldest_pending_seconds
+                    .get_or_create(&label)
+                    .set(age);
+            }
+        }
+        if n % 12 == 1 {
+            let retention = Retention {
+                max_age: Some(gateway.config.store.max_age.0),
+                max_total_bytes: Some(gateway.config.store.max_bytes.0),
+            };
+            match gateway.store.prune(now, retention).await {
+                Ok(report) if report.messages > 0 => info!(
+                    messages = report.messages,
+                    bytes = report.bytes,
+                    "pruned delivered messages"
+                ),
+                Ok(_) => {}
+                Err(e) => warn!(error = %e, "pruning failed"),
+            }
+        }
+    }
+}

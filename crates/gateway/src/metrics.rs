@@ -1,0 +1,243 @@
+//! Prometheus metrics. Names follow `causeway_<what>_<unit>`; labels are channel and
+//! destination names from the configuration, never message contents.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// `{channel}`
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ChannelLabel {
+    /// Channel name.
+    pub channel: String,
+}
+
+/// `{channel, code}`
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AckLabel {
+    /// Channel name.
+    pub channel: String,
+    /// MSA-1 sent (AA, AE, AR, CA, CE, CR) or `none` when no ACK was due.
+    pub code: String,
+}
+
+/// `{channel, destination}`
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DestinationLabel {
+    /// Channel name.
+    pub channel: String,
+    /// Destination name.
+    pub destination: String,
+}
+
+/// `{destination}`
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QueueLabel {
+    /// Destination name.
+    pub destination: String,
+}
+
+/// Every metric the gateway keeps.
+#[derive(Debug)]
+pub struct Metrics {
+    /// Messages received (parsed as HL7), by channel.
+    pub received: Family<ChannelLabel, Counter>,
+    /// Bytes of messages received, by channel.
+    pub received_bytes: Family<ChannelLabel, Counter>,
+    /// Acknowledgements sent, by channel and code.
+    pub acked: Family<AckLabel, Counter>,
+    /// Resent messages recognised as duplicates.
+    pub duplicates: Family<ChannelLabel, Counter>,
+    /// Messages no destination wanted (stored and acknowledged).
+    pub filtered: Family<ChannelLabel, Counter>,
+    /// Frames that were not HL7 (quarantined, answered AR).
+    pub quarantined: Family<ChannelLabel, Counter>,
+    /// Messages that could not be stored (answered AE/CE).
+    pub store_failures: Family<ChannelLabel, Counter>,
+    /// Deliveries acknowledged by their destination.
+    pub delivered: Family<DestinationLabel, Counter>,
+    /// Failed attempts that will be retried.
+    pub failed: Family<DestinationLabel, Counter>,
+    /// Deliveries given up on.
+    pub dead_lettered: Family<DestinationLabel, Counter>,
+    /// Seconds one successful delivery attempt took.
+    pub delivery_seconds: Family<DestinationLabel, Histogram>,
+    /// Deliveries waiting per destination (updated every few seconds from the store).
+    pub queue_depth: Family<QueueLabel, Gauge>,
+    /// Dead letters per destination.
+    pub dead_letters: Family<QueueLabel, Gauge>,
+    /// Age in seconds of the oldest waiting delivery per destination (0 when none).
+    pub oldest_pending_seconds: Family<QueueLabel, Gauge>,
+}
+
+fn histogram() -> Histogram {
+    // 0.5 ms to about 65 s.
+    Histogram::new(exponential_buckets(0.0005, 2.0, 18))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh set (histograms with the gateway's buckets).
+    pub fn new() -> Metrics {
+        Metrics {
+            received: Family::default(),
+            received_bytes: Family::default(),
+            acked: Family::default(),
+            duplicates: Family::default(),
+            filtered: Family::default(),
+            quarantined: Family::default(),
+            store_failures: Family::default(),
+            delivered: Family::default(),
+            failed: Family::default(),
+            dead_lettered: Family::default(),
+            delivery_seconds: Family::new_with_constructor(histogram),
+            queue_depth: Family::default(),
+            dead_letters: Family::default(),
+            oldest_pending_seconds: Family::default(),
+        }
+    }
+
+    /// Registers everything in `registry` under the `causeway` prefix.
+    pub fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("causeway");
+        r.register(
+            "messages_received",
+            "Messages received, by channel",
+            self.received.clone(),
+        );
+        r.register(
+            "received_bytes",
+            "Bytes of messages received, by channel",
+            self.received_bytes.clone(),
+        );
+        r.register(
+            "messages_acked",
+            "Acknowledgements sent, by channel and MSA-1 code",
+            self.acked.clone(),
+        );
+        r.register(
+            "messages_duplicate",
+            "Resent messages recognised as duplicates",
+            self.duplicates.clone(),
+        );
+        r.register(
+            "messages_filtered",
+            "Messages no destination wanted",
+            self.filtered.clone(),
+        );
+        r.register(
+            "messages_quarantined",
+            "Frames that were not HL7",
+            self.quarantined.clone(),
+        );
+        r.register(
+            "store_failures",
+            "Messages that could not be stored",
+            self.store_failures.clone(),
+        );
+        r.register(
+            "deliveries_delivered",
+            "Deliveries acknowledged by the destination",
+            self.delivered.clone(),
+        );
+        r.register(
+            "deliveries_failed",
+            "Failed delivery attempts that will be retried",
+            self.failed.clone(),
+        );
+        r.register(
+            "deliveries_dead_lettered",
+            "Deliveries given up on",
+            self.dead_lettered.clone(),
+        );
+        r.register(
+            "delivery_seconds",
+            "Duration of successful delivery attempts",
+            self.delivery_seconds.clone(),
+        );
+        r.register(
+            "queue_depth",
+            "Deliveries waiting, by destination",
+            self.queue_depth.clone(),
+        );
+        r.register(
+            "dead_letters",
+            "Dead letters, by destination",
+            self.dead_letters.clone(),
+        );
+        r.register(
+            "oldest_pending_seconds",
+            "Age of the oldest waiting delivery, by destination",
+            self.oldest_pending_seconds.clone(),
+        );
+    }
+
+    fn ch(channel: &str) -> ChannelLabel {
+        ChannelLabel {
+            channel: channel.to_owned(),
+        }
+    }
+
+    fn dest(channel: &str, destination: &str) -> DestinationLabel {
+        DestinationLabel {
+            channel: channel.to_owned(),
+            destination: destination.to_owned(),
+        }
+    }
+
+    /// A message arrived.
+    pub fn received(&self, channel: &str, bytes: usize) {
+        self.received.get_or_create(&Self::ch(channel)).inc();
+        self.received_bytes
+            .get_or_create(&Self::ch(channel))
+            .inc_by(bytes as u64);
+    }
+
+    /// An ACK went out (`code` `none` when no ACK was due).
+    pub fn acked(&self, channel: &str, code: &str) {
+        self.acked
+            .get_or_create(&AckLabel {
+                channel: channel.to_owned(),
+                code: code.to_owned(),
+            })
+            .inc();
+    }
+
+    /// A delivery succeeded.
+    pub fn delivered(&self, channel: &str, destination: &str, took: Duration) {
+        let label = Self::dest(channel, destination);
+        self.delivered.get_or_create(&label).inc();
+        self.delivery_seconds
+            .get_or_create(&label)
+            .observe(took.as_secs_f64());
+    }
+
+    /// An attempt failed and will be retried.
+    pub fn failed(&self, channel: &str, destination: &str) {
+        self.failed
+            .get_or_create(&Self::dest(channel, destination))
+            .inc();
+    }
+
+    /// A delivery was dead-lettered.
+    pub fn dead_lettered(&self, channel: &str, destination: &str) {
+        self.dead_lettered
+            .get_or_create(&Self::dest(channel, destination))
+            .inc();
+    }
+
+    /// Counts one of the per-channel events.
+    pub fn count(family: &Family<ChannelLabel, Counter>, channel: &str) {
+        family.get_or_create(&Self::ch(channel)).inc();
+    }
+}

@@ -1,0 +1,448 @@
+//! The SQLite backend: one file, WAL mode, group commit.
+//!
+//! # Threads
+//! SQLite allows one writer at a time, and a commit costs one disk sync. So every write
+//! goes to a single writer thread (a plain OS thread, never a tokio worker) through a
+//! bounded queue. The writer takes whatever is queued, up to
+//! [`StoreSettings::max_batch`] requests, runs them in one transaction, commits once,
+//! and only then answers each caller. Under load, one sync covers many ingests from
+//! many connections; idle, a lone ingest is committed at once (there is no timer
+//! waiting for company). A second thread checkpoints the WAL into the database file
+//! every 100 ms, off the commit path.
+//!
+//! Reads run on tokio's blocking pool over a small pool of read connections; in WAL mode
+//! they see the last commit and never wait for the writer.
+//!
+//! A refused request (invalid input, not found, conflict) is refused before it writes
+//! anything and leaves the rest of the batch alone. A store failure part way (disk full)
+//! or a failed commit rolls the batch back and fails every request in it with
+//! [`crate::StoreError::Unavailable`], and the next batch tries again.
+//!
+//! The schema and its invariants are documented in [`schema`].
+
+mod read;
+pub mod schema;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use rusqlite::{Connection, OpenFlags};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use crate::error::{Result, StoreError};
+use crate::store::{Store, StoreSettings};
+use crate::types::{
+    AttemptResult, AuditEntry, AuditId, AuditRecord, Cursor, DeliveryId, DestinationStats,
+    Ingested, Lease, MessageId, MessageRecord, NewMessage, NewQuarantine, PendingDelivery,
+    PruneReport, QuarantineId, QuarantinePage, Retention, SearchPage, SearchQuery, Timestamp,
+};
+use writer::{Command, WriterState};
+
+/// The SQLite [`Store`]. Cheap to share behind an `Arc`; dropping the last handle stops
+/// the writer after it has committed what was queued.
+#[derive(Debug)]
+pub struct SqliteStore {
+    path: PathBuf,
+    settings: StoreSettings,
+    writer: mpsc::Sender<Command>,
+    /// Unparked after each request, for the writer's linger (see `writer::Linger`).
+    writer_thread: std::thread::Thread,
+    readers: Arc<Readers>,
+    counters: Arc<WriterCounters>,
+}
+
+/// What the writer thread has done since the store was opened, for metrics: the mean
+/// batch size (`requests / commits`) shows how much group commit is saving.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WriterStats {
+    /// Transactions committed (one disk sync each).
+    pub commits: u64,
+    /// Write requests run in batches, whether their batch committed or not.
+    pub requests: u64,
+    /// Transactions whose commit failed (every request in them failed).
+    pub failed_commits: u64,
+}
+
+/// The writer's counters. Relaxed atomics: they are statistics, read independently.
+#[derive(Debug, Default)]
+pub(crate) struct WriterCounters {
+    commits: AtomicU64,
+    requests: AtomicU64,
+    failed_commits: AtomicU64,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store at `path`, migrates its schema and starts the
+    /// writer thread. Fails with `SchemaTooNew` on a file from a newer build.
+    pub async fn open(path: impl AsRef<Path>, settings: StoreSettings) -> Result<Self> {
+        let path = path.as_ref().to_owned();
+        if settings.max_batch == 0 || settings.write_queue == 0 || settings.read_connections == 0 {
+            return Err(StoreError::InvalidInput(
+                "max_batch, write_queue and read_connections must be at least 1".into(),
+            ));
+        }
+        let open_path = path.clone();
+        let busy = settings.busy_timeout;
+        let max_bytes = settings.max_database_bytes;
+        let (conn, checkpoint_conn) = tokio::task::spawn_blocking(move || -> Result<_> {
+            let mut conn = open_connection(&open_path, busy, false)?;
+            // The only clock read: when a migration was applied, for the record.
+            let now = Timestamp::from(SystemTime::now()).as_millis();
+            schema::migrate(&mut conn, now)?;
+            if let Some(bytes) = max_bytes {
+                let page_size: i64 = conn
+                    .query_row("PRAGMA page_size", [], |r| r.get(0))
+                    .map_err(sql_err("read page size"))?;
+                let pages = i64::try_from(bytes).unwrap_or(i64::MAX) / page_size.max(1);
+                conn.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(()))
+                    .map_err(sql_err("set max page count"))?;
+            }
+            let checkpoint_conn = open_connection(&open_path, busy, false)?;
+            Ok((conn, checkpoint_conn))
+        })
+        .await
+        .map_err(|e| StoreError::unavailable("open store", e))??;
+
+        let (tx, rx) = mpsc::channel(settings.write_queue);
+        let counters = Arc::new(WriterCounters::default());
+        let state = WriterState::new(&settings, Arc::clone(&counters));
+        let max_batch = settings.max_batch;
+        let writer_thread = std::thread::Builder::new()
+            .name("causeway-store-writer".into())
+            .spawn(move || writer::run(conn, checkpoint_conn, rx, state, max_batch))
+            .map_err(|e| StoreError::unavailable("start writer thread", e))?
+            .thread()
+            .clone();
+
+        Ok(SqliteStore {
+            readers: Arc::new(Readers {
+                path: path.clone(),
+                busy_timeout: busy,
+                permits: Arc::new(Semaphore::new(settings.read_connections)),
+                idle: Mutex::new(Vec::new()),
+            }),
+            path,
+            settings,
+            writer: tx,
+            writer_thread,
+            counters,
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The writer thread's counters.
+    pub fn writer_stats(&self) -> WriterStats {
+        WriterStats {
+            commits: self.counters.commits.load(Ordering::Relaxed),
+            requests: self.counters.requests.load(Ordering::Relaxed),
+            failed_commits: self.counters.failed_commits.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The settings it was opened with.
+    pub fn settings(&self) -> &StoreSettings {
+        &self.settings
+    }
+
+    /// Runs `f` on the writer thread inside the next batch's transaction and returns its
+    /// result once the batch is committed. `f` must refuse a request only before its
+    /// first change (see `writer::Job`).
+    async fn write<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection, &mut WriterState) -> Result<T> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        self.writer
+            .send(Command::job(f, reply))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        self.writer_thread.unpark();
+        // A dropped reply means the writer thread is gone (it panicked).
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Runs `f` with a read connection on the blocking pool.
+    async fn read<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        if self.writer.is_closed() {
+            return Err(StoreError::Closed);
+        }
+        let permit = Arc::clone(&self.readers.permits)
+            .acquire_owned()
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        let readers = Arc::clone(&self.readers);
+        tokio::task::spawn_blocking(move || {
+            let conn = readers.take()?;
+            let out = f(&conn);
+            readers.give_back(conn);
+            drop(permit);
+            out
+        })
+        .await
+        .map_err(|e| StoreError::unavailable("read task", e))?
+    }
+}
+
+// === impl Store ===
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn ingest(&self, message: NewMessage) -> Result<Ingested> {
+        self.write(move |c, st| writer::ingest(c, st, &message))
+            .await
+    }
+
+    async fn quarantine(&self, entry: NewQuarantine) -> Result<QuarantineId> {
+        self.write(move |c, _| writer::quarantine(c, &entry)).await
+    }
+
+    async fn record_attempt(
+        &self,
+        delivery: DeliveryId,
+        at: Timestamp,
+        result: AttemptResult,
+    ) -> Result<()> {
+        self.write(move |c, _| writer::record_attempt(c, delivery, at, &result))
+            .await
+    }
+
+    async fn replay(
+        &self,
+        message: MessageId,
+        destination: Option<&str>,
+        at: Timestamp,
+    ) -> Result<Vec<DeliveryId>> {
+        let destination = destination.map(str::to_owned);
+        self.write(move |c, st| writer::replay(c, st, message, destination.as_deref(), at))
+            .await
+    }
+
+    async fn replay_dead_letters(
+        &self,
+        destination: &str,
+        at: Timestamp,
+    ) -> Result<Vec<DeliveryId>> {
+        let destination = destination.to_owned();
+        self.write(move |c, _| writer::replay_dead_letters(c, &destination, at))
+            .await
+    }
+
+    async fn prune(&self, now: Timestamp, retention: Retention) -> Result<PruneReport> {
+        let chunk = self.settings.prune_chunk.max(1);
+        let mut report = PruneReport::default();
+        if let Some(age) = retention.max_age {
+            let cutoff = now.saturating_sub(age);
+            loop {
+                let (n, bytes) = self
+                    .write(move |c, _| writer::prune_by_age(c, cutoff, chunk))
+                    .await?;
+                report.messages += n;
+                report.bytes += bytes;
+                if n < chunk as u64 {
+                    break;
+                }
+            }
+            loop {
+                let n = self
+                    .write(move |c, _| writer::prune_quarantine(c, cutoff, chunk))
+                    .await?;
+                report.quarantined += n;
+                if n < chunk as u64 {
+                    break;
+                }
+            }
+        }
+        if let Some(budget) = retention.max_total_bytes {
+            loop {
+                let (n, bytes, done) = self
+                    .write(move |c, _| writer::prune_by_size(c, budget, chunk))
+                    .await?;
+                report.messages += n;
+                report.bytes += bytes;
+                if done {
+                    break;
+                }
+            }
+        }
+        if report.messages > 0 || report.quarantined > 0 {
+            tracing::info!(
+                messages = report.messages,
+                bytes = report.bytes,
+                quarantined = report.quarantined,
+                "store pruned"
+            );
+        }
+        Ok(report)
+    }
+
+    async fn audit(&self, entry: AuditEntry) -> Result<AuditId> {
+        self.write(move |c, _| writer::audit(c, &entry)).await
+    }
+
+    async fn acquire_lease(
+        &self,
+        destination: &str,
+        node_id: &str,
+        ttl: Duration,
+        now: Timestamp,
+    ) -> Result<bool> {
+        let (destination, node_id) = (destination.to_owned(), node_id.to_owned());
+        self.write(move |c, _| writer::acquire_lease(c, &destination, &node_id, ttl, now))
+            .await
+    }
+
+    async fn renew_lease(
+        &self,
+        destination: &str,
+        node_id: &str,
+        ttl: Duration,
+        now: Timestamp,
+    ) -> Result<bool> {
+        let (destination, node_id) = (destination.to_owned(), node_id.to_owned());
+        self.write(move |c, _| writer::renew_lease(c, &destination, &node_id, ttl, now))
+            .await
+    }
+
+    async fn release_lease(&self, destination: &str, node_id: &str) -> Result<bool> {
+        let (destination, node_id) = (destination.to_owned(), node_id.to_owned());
+        self.write(move |c, _| writer::release_lease(c, &destination, &node_id))
+            .await
+    }
+
+    async fn next_pending(
+        &self,
+        destination: &str,
+        now: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<PendingDelivery>> {
+        let destination = destination.to_owned();
+        self.read(move |c| read::next_pending(c, &destination, now, limit))
+            .await
+    }
+
+    async fn message(&self, id: MessageId) -> Result<Option<MessageRecord>> {
+        self.read(move |c| read::message(c, id)).await
+    }
+
+    async fn search(&self, mut query: SearchQuery) -> Result<SearchPage> {
+        query.limit = self.settings.clamp_limit(query.limit);
+        self.read(move |c| read::search(c, &query)).await
+    }
+
+    async fn list_quarantine(
+        &self,
+        limit: usize,
+        cursor: Option<Cursor>,
+    ) -> Result<QuarantinePage> {
+        let limit = self.settings.clamp_limit(limit);
+        self.read(move |c| read::list_quarantine(c, limit, cursor.as_ref()))
+            .await
+    }
+
+    async fn list_audit(&self, limit: usize) -> Result<Vec<AuditRecord>> {
+        let limit = self.settings.clamp_limit(limit);
+        self.read(move |c| read::list_audit(c, limit)).await
+    }
+
+    async fn queue_stats(&self) -> Result<Vec<DestinationStats>> {
+        self.read(read::queue_stats).await
+    }
+
+    async fn leases(&self) -> Result<Vec<Lease>> {
+        self.read(read::leases).await
+    }
+
+    async fn health(&self) -> Result<()> {
+        self.write(|c, _| writer::health(c)).await
+    }
+
+    async fn close(&self) -> Result<()> {
+        let (done, closed) = oneshot::channel();
+        self.writer
+            .send(Command::Close(done))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        closed.await.map_err(|_| StoreError::Closed)?;
+        self.readers.close();
+        Ok(())
+    }
+}
+
+// === Readers ===
+
+/// The read connections. A `std` mutex: it is held only to push or pop a connection,
+/// never across an await or a query.
+#[derive(Debug)]
+struct Readers {
+    path: PathBuf,
+    busy_timeout: Duration,
+    /// One permit per connection: at most `read_connections` exist.
+    permits: Arc<Semaphore>,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl Readers {
+    fn take(&self) -> Result<Connection> {
+        let idle = self.idle.lock().ok().and_then(|mut idle| idle.pop());
+        match idle {
+            Some(conn) => Ok(conn),
+            None => open_connection(&self.path, self.busy_timeout, true),
+        }
+    }
+
+    fn give_back(&self, conn: Connection) {
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.push(conn);
+        }
+    }
+
+    fn close(&self) {
+        self.permits.close();
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.clear();
+        }
+    }
+}
+
+fn open_connection(path: &Path, busy_timeout: Duration, read_only: bool) -> Result<Connection> {
+    let flags = if read_only {
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    } else {
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    };
+    let conn = Connection::open_with_flags(path, flags).map_err(sql_err("open database"))?;
+    if read_only {
+        conn.busy_timeout(busy_timeout)
+            .map_err(sql_err("set busy timeout"))?;
+    } else {
+        schema::configure(&conn, busy_timeout)?;
+    }
+    Ok(conn)
+}
+
+/// Maps a rusqlite error: conversion failures mean the data is not what we wrote,
+/// everything else is the database failing us.
+pub(crate) fn sql_err(context: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
+    move |e| match e {
+        rusqlite::Error::FromSqlConversionFailure(..)
+        | rusqlite::Error::IntegralValueOutOfRange(..)
+        | rusqlite::Error::InvalidColumnType(..) => StoreError::Corrupt(format!("{context}: {e}")),
+        e => StoreError::unavailable(context, e),
+    }
+}

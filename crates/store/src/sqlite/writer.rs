@@ -1,0 +1,826 @@
+//! The writer thread and every write the store makes.
+//!
+//! Each write function runs inside the batch transaction on the writer's connection; it
+//! sees the effects of the requests before it in the batch. A checkpointer thread folds
+//! the WAL back into the database file beside it, so commits do not pay for that.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use rusqlite::{Connection, OptionalExtension, params};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::{Result, StoreError};
+use crate::sqlite::{WriterCounters, sql_err};
+use crate::store::StoreSettings;
+use crate::types::{
+    AttemptResult, AuditEntry, AuditId, DeliveryId, DeliveryState, Ingested, MessageId,
+    MessageStatus, NewMessage, NewQuarantine, QuarantineId, Timestamp,
+};
+
+// === the thread ===
+
+/// A request to the writer.
+pub(super) enum Command {
+    /// Run this inside the next batch.
+    Job(Box<dyn Job>),
+    /// Finish what is queued, then stop; answer when the database is closed.
+    Close(oneshot::Sender<()>),
+}
+
+impl Command {
+    pub(super) fn job<T, F>(f: F, reply: oneshot::Sender<Result<T>>) -> Self
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection, &mut WriterState) -> Result<T> + Send + 'static,
+    {
+        Command::Job(Box::new(TypedJob {
+            f: Some(f),
+            out: None,
+            reply,
+        }))
+    }
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Command::Job(_) => f.write_str("Job"),
+            Command::Close(_) => f.write_str("Close"),
+        }
+    }
+}
+
+/// A write, type-erased so one queue carries them all.
+///
+/// The rule every write function follows, which lets a batch run without a savepoint
+/// per request (savepoints copy every page they touch): a write refuses a request
+/// (`InvalidInput`, `NotFound`, `Conflict`) only before its first change. After that,
+/// the only errors are store failures, and a store failure aborts the whole batch.
+pub(super) trait Job: Send {
+    /// Runs the write.
+    fn run(&mut self, conn: &Connection, state: &mut WriterState) -> Ran;
+    /// Answers the caller once the batch's fate is known: `commit_error` is set when the
+    /// commit failed, which fails the writes that had succeeded too.
+    fn finish(self: Box<Self>, commit_error: Option<&str>);
+}
+
+/// How a write went.
+pub(super) enum Ran {
+    /// Done; commit it.
+    Ok,
+    /// The request was refused before anything was written; the batch goes on.
+    Refused,
+    /// The store failed part way; the batch must be rolled back.
+    StoreFailure(String),
+}
+
+struct TypedJob<T, F> {
+    f: Option<F>,
+    out: Option<Result<T>>,
+    reply: oneshot::Sender<Result<T>>,
+}
+
+impl<T, F> Job for TypedJob<T, F>
+where
+    T: Send + 'static,
+    F: FnOnce(&Connection, &mut WriterState) -> Result<T> + Send + 'static,
+{
+    fn run(&mut self, conn: &Connection, state: &mut WriterState) -> Ran {
+        let Some(f) = self.f.take() else {
+            return Ran::Refused;
+        };
+        let out = f(conn, state);
+        let ran = match &out {
+            Ok(_) => Ran::Ok,
+            Err(e) if e.is_store_failure() => Ran::StoreFailure(e.to_string()),
+            Err(_) => Ran::Refused,
+        };
+        self.out = Some(out);
+        ran
+    }
+
+    fn finish(self: Box<Self>, commit_error: Option<&str>) {
+        let out = match (self.out, commit_error) {
+            (Some(Ok(_)), Some(e)) | (None, Some(e)) => {
+                Err(StoreError::unavailable("commit", e.to_owned()))
+            }
+            (Some(out), _) => out,
+            (None, None) => Err(StoreError::Closed),
+        };
+        // The caller may have given up waiting (a timeout); the write stands regardless.
+        let _ = self.reply.send(out);
+    }
+}
+
+/// What the writer remembers between requests.
+#[derive(Debug)]
+pub(crate) struct WriterState {
+    dedup_window: Duration,
+    linger: Duration,
+    /// Destinations known to be in the `destinations` table. Cleared whenever a batch
+    /// is rolled back, since an insert may have been undone.
+    known_destinations: HashSet<String>,
+    counters: Arc<WriterCounters>,
+}
+
+impl WriterState {
+    pub(super) fn new(settings: &StoreSettings, counters: Arc<WriterCounters>) -> Self {
+        WriterState {
+            dedup_window: settings.dedup_window,
+            linger: settings.commit_linger,
+            known_destinations: HashSet::new(),
+            counters,
+        }
+    }
+}
+
+/// The writer thread's loop: take what is queued, commit it as one batch, answer.
+pub(super) fn run(
+    mut conn: Connection,
+    checkpoint_conn: Connection,
+    mut rx: mpsc::Receiver<Command>,
+    mut state: WriterState,
+    max_batch: usize,
+) {
+    let (stop_checkpoints, stopped) = std::sync::mpsc::channel::<()>();
+    let checkpointer = std::thread::Builder::new()
+        .name("causeway-store-checkpoint".into())
+        .spawn(move || checkpoint_loop(&checkpoint_conn, &stopped));
+    if let Err(e) = &checkpointer {
+        // Not fatal: the writer's own auto-checkpoint still bounds the WAL.
+        tracing::warn!(error = %e, "store checkpoint thread did not start");
+    }
+    let mut jobs: Vec<Box<dyn Job>> = Vec::with_capacity(max_batch);
+    let mut closers = Vec::new();
+    let mut last_batch = 0;
+    while let Some(first) = rx.blocking_recv() {
+        let mut next = Some(first);
+        let mut linger = Linger::new(state.linger, last_batch);
+        loop {
+            while let Some(cmd) = next.take() {
+                match cmd {
+                    Command::Job(job) => jobs.push(job),
+                    Command::Close(done) => {
+                        // Accept nothing new; what is already queued still runs.
+                        rx.close();
+                        closers.push(done);
+                    }
+                }
+                if jobs.len() < max_batch {
+                    next = rx.try_recv().ok();
+                }
+            }
+            if jobs.len() >= max_batch || !closers.is_empty() || !linger.wait() {
+                break;
+            }
+            next = rx.try_recv().ok();
+            if next.is_some() {
+                linger.arrived();
+            }
+        }
+        last_batch = jobs.len();
+        if !jobs.is_empty() {
+            commit_batch(&mut conn, &mut state, &mut jobs);
+        }
+    }
+    drop(stop_checkpoints);
+    if let Ok(handle) = checkpointer {
+        let _ = handle.join();
+    }
+    // Fold the WAL back into the database so the file is complete on its own.
+    if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)") {
+        tracing::warn!(error = %e, "store checkpoint at close failed");
+    }
+    drop(conn);
+    for done in closers {
+        let _ = done.send(());
+    }
+}
+
+/// Waiting for company before a commit, under concurrent load only.
+///
+/// Without it, concurrent callers split into cohorts that take turns: while one cohort's
+/// batch commits, the next queues up, and the callers just answered come back a moment
+/// after the writer has started the next batch without them. Waiting until the queue has
+/// been quiet for a quarter of the linger (at most the whole linger) lets them join, so
+/// one sync covers them all. After a batch of one (a lone sender) there is no wait.
+struct Linger {
+    enabled: bool,
+    quiet: Duration,
+    deadline: Instant,
+    last_arrival: Instant,
+}
+
+impl Linger {
+    fn new(linger: Duration, last_batch: usize) -> Self {
+        let now = Instant::now();
+        Linger {
+            enabled: last_batch > 1 && !linger.is_zero(),
+            quiet: linger / 4,
+            deadline: now + linger,
+            last_arrival: now,
+        }
+    }
+
+    /// Waits for a caller to send (`SqliteStore::write` unparks this thread); false when
+    /// the batch should go now.
+    fn wait(&self) -> bool {
+        if !self.enabled {
+            return false;
+        }
+        let now = Instant::now();
+        let until = self.deadline.min(self.last_arrival + self.quiet);
+        if now >= until {
+            return false;
+        }
+        std::thread::park_timeout(until - now);
+        true
+    }
+
+    fn arrived(&mut self) {
+        self.last_arrival = Instant::now();
+    }
+}
+
+/// How often the checkpointer copies committed WAL frames into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
+
+/// Runs passive checkpoints (they never block the writer or readers) until the writer
+/// drops its end of `stop`. If it falls behind, the writer's `wal_autocheckpoint`
+/// backstop (see `schema::configure`) checkpoints on the commit path instead.
+fn checkpoint_loop(conn: &Connection, stop: &std::sync::mpsc::Receiver<()>) {
+    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_EVERY)
+    {
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::warn!(error = %e, "store checkpoint failed");
+        }
+    }
+}
+
+fn commit_batch(conn: &mut Connection, state: &mut WriterState, jobs: &mut Vec<Box<dyn Job>>) {
+    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        tracing::error!(error = %e, "store batch could not begin");
+        let msg = e.to_string();
+        for job in jobs.drain(..) {
+            job.finish(Some(&msg));
+        }
+        return;
+    }
+    let mut failure = None;
+    for job in jobs.iter_mut() {
+        if let Ran::StoreFailure(e) = job.run(conn, state) {
+            // The writes after it never run and answer with the same failure.
+            failure = Some(e);
+            break;
+        }
+    }
+    let commit_error = match failure {
+        Some(e) => Some(e),
+        None => conn.execute_batch("COMMIT").err().map(|e| e.to_string()),
+    };
+    if let Some(e) = &commit_error {
+        tracing::error!(error = %e, batch = jobs.len(), "store batch failed, rolled back");
+        let _ = conn.execute_batch("ROLLBACK");
+        state.known_destinations.clear();
+    }
+    let counter = if commit_error.is_some() {
+        &state.counters.failed_commits
+    } else {
+        &state.counters.commits
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
+    state
+        .counters
+        .requests
+        .fetch_add(jobs.len() as u64, Ordering::Relaxed);
+    for job in jobs.drain(..) {
+        job.finish(commit_error.as_deref());
+    }
+}
+
+// === messages ===
+
+pub(super) fn ingest(conn: &Connection, st: &mut WriterState, m: &NewMessage) -> Result<Ingested> {
+    let destinations = m.validated_destinations()?;
+    let key = m.dedup_key();
+    let received = m.received_at.as_millis();
+    let duplicate_of = if st.dedup_window.is_zero() {
+        None
+    } else {
+        let since = m.received_at.saturating_sub(st.dedup_window).as_millis();
+        conn.prepare_cached(
+            "SELECT id FROM messages INDEXED BY messages_control_id
+             WHERE control_id = ?1 AND dedup_key = ?2 AND duplicate_of IS NULL
+               AND received_at >= ?3
+             ORDER BY id LIMIT 1",
+        )
+        .and_then(|mut s| {
+            s.query_row(params![m.control_id, &key[..], since], |r| {
+                r.get::<_, i64>(0)
+            })
+            .optional()
+        })
+        .map_err(sql_err("look up duplicate"))?
+    };
+    let status = if duplicate_of.is_some() {
+        MessageStatus::Duplicate
+    } else if destinations.is_empty() {
+        MessageStatus::Filtered
+    } else {
+        MessageStatus::Pending
+    };
+    let size = m.raw.len() as i64;
+    conn.prepare_cached(
+        "INSERT INTO messages (channel, received_at, peer, tls_identity, control_id,
+             message_type, trigger_event, sending_application, sending_facility,
+             receiving_application, receiving_facility, patient_id, charset, size, status,
+             duplicate_of, dedup_key)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            m.channel,
+            received,
+            m.peer,
+            m.tls_identity,
+            m.control_id,
+            m.message_type,
+            m.trigger_event,
+            m.sending_application,
+            m.sending_facility,
+            m.receiving_application,
+            m.receiving_facility,
+            m.patient_id,
+            m.charset,
+            size,
+            status.as_str(),
+            duplicate_of,
+            &key[..],
+        ])
+    })
+    .map_err(sql_err("insert message"))?;
+    let id = conn.last_insert_rowid();
+    conn.prepare_cached("INSERT INTO message_bodies (message_id, raw) VALUES (?1, ?2)")
+        .and_then(|mut s| s.execute(params![id, &m.raw[..]]))
+        .map_err(sql_err("insert message body"))?;
+    add_total_bytes(conn, size)?;
+
+    let mut deliveries = Vec::new();
+    if duplicate_of.is_none() {
+        deliveries.reserve(destinations.len());
+        for dest in destinations {
+            deliveries.push(insert_delivery(conn, st, id, dest, received, None)?);
+        }
+    }
+    Ok(Ingested {
+        id: MessageId(id),
+        duplicate_of: duplicate_of.map(MessageId),
+        deliveries,
+    })
+}
+
+fn insert_delivery(
+    conn: &Connection,
+    st: &mut WriterState,
+    message_id: i64,
+    destination: &str,
+    created_at: i64,
+    replay_of: Option<i64>,
+) -> Result<DeliveryId> {
+    if !st.known_destinations.contains(destination) {
+        conn.prepare_cached("INSERT OR IGNORE INTO destinations (name) VALUES (?1)")
+            .and_then(|mut s| s.execute([destination]))
+            .map_err(sql_err("insert destination"))?;
+        st.known_destinations.insert(destination.to_owned());
+    }
+    conn.prepare_cached(
+        "INSERT INTO deliveries (message_id, destination, state, created_at, replay_of)
+         VALUES (?1, ?2, 'pending', ?3, ?4)",
+    )
+    .and_then(|mut s| s.execute(params![message_id, destination, created_at, replay_of]))
+    .map_err(sql_err("insert delivery"))?;
+    Ok(DeliveryId(conn.last_insert_rowid()))
+}
+
+fn add_total_bytes(conn: &Connection, delta: i64) -> Result<()> {
+    conn.prepare_cached("UPDATE totals SET message_bytes = message_bytes + ?1 WHERE id = 1")
+        .and_then(|mut s| s.execute([delta]))
+        .map_err(sql_err("update totals"))?;
+    Ok(())
+}
+
+/// Rewrites a message's derived status from its deliveries (see `MessageStatus`).
+fn refresh_status(conn: &Connection, message_id: i64) -> Result<()> {
+    conn.prepare_cached(
+        "UPDATE messages SET status = CASE
+             WHEN EXISTS (SELECT 1 FROM deliveries WHERE message_id = ?1
+                          AND state = 'dead_letter' AND superseded_by IS NULL) THEN 'dead_letter'
+             WHEN EXISTS (SELECT 1 FROM deliveries WHERE message_id = ?1 AND state = 'failed')
+                 THEN 'failed'
+             WHEN EXISTS (SELECT 1 FROM deliveries WHERE message_id = ?1 AND state = 'pending')
+                 THEN 'pending'
+             ELSE 'delivered' END
+         WHERE id = ?1 AND status NOT IN ('filtered', 'duplicate')",
+    )
+    .and_then(|mut s| s.execute([message_id]))
+    .map_err(sql_err("refresh message status"))?;
+    Ok(())
+}
+
+pub(super) fn quarantine(conn: &Connection, q: &NewQuarantine) -> Result<QuarantineId> {
+    conn.prepare_cached(
+        "INSERT INTO quarantine (channel, received_at, peer, tls_identity, reason, raw)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            q.channel,
+            q.received_at.as_millis(),
+            q.peer,
+            q.tls_identity,
+            q.reason,
+            &q.raw[..],
+        ])
+    })
+    .map_err(sql_err("insert quarantine"))?;
+    Ok(QuarantineId(conn.last_insert_rowid()))
+}
+
+// === deliveries ===
+
+pub(super) fn record_attempt(
+    conn: &Connection,
+    delivery: DeliveryId,
+    at: Timestamp,
+    result: &AttemptResult,
+) -> Result<()> {
+    let row: Option<(String, i64)> = conn
+        .prepare_cached("SELECT state, message_id FROM deliveries WHERE id = ?1")
+        .and_then(|mut s| {
+            s.query_row([delivery.0], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()
+        })
+        .map_err(sql_err("read delivery"))?;
+    let Some((state, message_id)) = row else {
+        return Err(StoreError::NotFound {
+            what: "delivery",
+            id: delivery.0,
+        });
+    };
+    let state: DeliveryState = state.parse().map_err(|_| corrupt_state(&state))?;
+    if !state.is_queued() {
+        return Err(StoreError::Conflict(format!(
+            "delivery {delivery} is {} and no longer queued",
+            state.as_str()
+        )));
+    }
+    let (outcome, ack_code, ack_text, ack_raw, error, retry_at) = match result {
+        AttemptResult::Delivered {
+            ack_code,
+            ack_text,
+            ack_raw,
+        } => (
+            "delivered",
+            ack_code.as_deref(),
+            ack_text.as_deref(),
+            ack_raw.as_deref(),
+            None,
+            None,
+        ),
+        AttemptResult::Failed { error, retry_at } => (
+            "failed",
+            None,
+            None,
+            None,
+            Some(error.as_str()),
+            Some(retry_at.as_millis()),
+        ),
+        AttemptResult::DeadLettered { error } => {
+            ("dead_letter", None, None, None, Some(error.as_str()), None)
+        }
+    };
+    conn.prepare_cached(
+        "INSERT INTO attempts (delivery_id, at, outcome, ack_code, ack_text, ack_raw, error, retry_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            delivery.0,
+            at.as_millis(),
+            outcome,
+            ack_code,
+            ack_text,
+            ack_raw,
+            error,
+            retry_at
+        ])
+    })
+    .map_err(sql_err("insert attempt"))?;
+    conn.prepare_cached(
+        "UPDATE deliveries
+         SET state = ?2, attempts = attempts + 1, next_attempt_at = COALESCE(?3, next_attempt_at)
+         WHERE id = ?1",
+    )
+    .and_then(|mut s| s.execute(params![delivery.0, result.next_state().as_str(), retry_at]))
+    .map_err(sql_err("update delivery"))?;
+    refresh_status(conn, message_id)
+}
+
+pub(super) fn replay(
+    conn: &Connection,
+    st: &mut WriterState,
+    message: MessageId,
+    destination: Option<&str>,
+    at: Timestamp,
+) -> Result<Vec<DeliveryId>> {
+    let exists = conn
+        .prepare_cached("SELECT 1 FROM messages WHERE id = ?1")
+        .and_then(|mut s| s.exists([message.0]))
+        .map_err(sql_err("read message"))?;
+    if !exists {
+        return Err(StoreError::NotFound {
+            what: "message",
+            id: message.0,
+        });
+    }
+    // The destinations it was routed to at ingest: the deliveries that are not replays.
+    let routed: Vec<String> = conn
+        .prepare_cached(
+            "SELECT destination FROM deliveries
+             WHERE message_id = ?1 AND replay_of IS NULL ORDER BY id",
+        )
+        .and_then(|mut s| {
+            s.query_map([message.0], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()
+        })
+        .map_err(sql_err("read destinations"))?;
+    let targets: Vec<&str> = match destination {
+        None => routed.iter().map(String::as_str).collect(),
+        Some(d) if routed.iter().any(|r| r == d) => vec![d],
+        Some(d) => {
+            return Err(StoreError::InvalidInput(format!(
+                "message {message} was not routed to {d:?}"
+            )));
+        }
+    };
+    let mut created = Vec::with_capacity(targets.len());
+    for dest in targets {
+        let previous: i64 = conn
+            .prepare_cached(
+                "SELECT MAX(id) FROM deliveries WHERE message_id = ?1 AND destination = ?2",
+            )
+            .and_then(|mut s| s.query_row(params![message.0, dest], |r| r.get(0)))
+            .map_err(sql_err("read last delivery"))?;
+        let new = insert_delivery(conn, st, message.0, dest, at.as_millis(), Some(previous))?;
+        conn.prepare_cached(
+            "UPDATE deliveries SET superseded_by = ?3
+             WHERE message_id = ?1 AND destination = ?2 AND state = 'dead_letter'
+               AND superseded_by IS NULL",
+        )
+        .and_then(|mut s| s.execute(params![message.0, dest, new.0]))
+        .map_err(sql_err("supersede dead letters"))?;
+        created.push(new);
+    }
+    refresh_status(conn, message.0)?;
+    Ok(created)
+}
+
+pub(super) fn replay_dead_letters(
+    conn: &Connection,
+    destination: &str,
+    at: Timestamp,
+) -> Result<Vec<DeliveryId>> {
+    let dead: Vec<(i64, i64)> = conn
+        .prepare_cached(
+            "SELECT id, message_id FROM deliveries
+             WHERE destination = ?1 AND state = 'dead_letter' AND superseded_by IS NULL
+             ORDER BY id",
+        )
+        .and_then(|mut s| {
+            s.query_map([destination], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<_>>()
+        })
+        .map_err(sql_err("read dead letters"))?;
+    let mut created = Vec::with_capacity(dead.len());
+    for (old, message_id) in dead {
+        conn.prepare_cached(
+            "INSERT INTO deliveries (message_id, destination, state, created_at, replay_of)
+             VALUES (?1, ?2, 'pending', ?3, ?4)",
+        )
+        .and_then(|mut s| s.execute(params![message_id, destination, at.as_millis(), old]))
+        .map_err(sql_err("insert delivery"))?;
+        let new = conn.last_insert_rowid();
+        conn.prepare_cached("UPDATE deliveries SET superseded_by = ?2 WHERE id = ?1")
+            .and_then(|mut s| s.execute([old, new]))
+            .map_err(sql_err("supersede dead letter"))?;
+        refresh_status(conn, message_id)?;
+        created.push(DeliveryId(new));
+    }
+    Ok(created)
+}
+
+// === retention ===
+
+/// Deletes up to `chunk` settled messages received before `cutoff`; returns (count, bytes).
+pub(super) fn prune_by_age(
+    conn: &Connection,
+    cutoff: Timestamp,
+    chunk: usize,
+) -> Result<(u64, u64)> {
+    let victims: Vec<(i64, i64)> = conn
+        .prepare_cached(
+            "SELECT id, size FROM messages
+             WHERE received_at < ?1 AND status IN ('delivered', 'filtered', 'duplicate')
+             LIMIT ?2",
+        )
+        .and_then(|mut s| {
+            s.query_map(params![cutoff.as_millis(), chunk as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?
+            .collect::<rusqlite::Result<_>>()
+        })
+        .map_err(sql_err("select messages to prune"))?;
+    let mut bytes = 0;
+    for &(id, size) in &victims {
+        delete_message(conn, id, size)?;
+        bytes += size as u64;
+    }
+    Ok((victims.len() as u64, bytes))
+}
+
+/// Deletes settled messages oldest first, up to `chunk`, while the total exceeds `budget`.
+/// Returns (count, bytes, done); done when under budget or nothing settled is left.
+pub(super) fn prune_by_size(
+    conn: &Connection,
+    budget: u64,
+    chunk: usize,
+) -> Result<(u64, u64, bool)> {
+    let mut total: i64 = conn
+        .query_row("SELECT message_bytes FROM totals WHERE id = 1", [], |r| {
+            r.get(0)
+        })
+        .map_err(sql_err("read totals"))?;
+    let budget = i64::try_from(budget).unwrap_or(i64::MAX);
+    if total <= budget {
+        return Ok((0, 0, true));
+    }
+    let oldest: Vec<(i64, i64)> = conn
+        .prepare_cached(
+            "SELECT id, size FROM messages
+             WHERE status IN ('delivered', 'filtered', 'duplicate') ORDER BY id LIMIT ?1",
+        )
+        .and_then(|mut s| {
+            s.query_map([chunk as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<_>>()
+        })
+        .map_err(sql_err("select messages to prune"))?;
+    let (mut n, mut bytes) = (0, 0);
+    for &(id, size) in &oldest {
+        if total <= budget {
+            break;
+        }
+        delete_message(conn, id, size)?;
+        total -= size;
+        n += 1;
+        bytes += size as u64;
+    }
+    let done = total <= budget || oldest.len() < chunk;
+    Ok((n, bytes, done))
+}
+
+fn delete_message(conn: &Connection, id: i64, size: i64) -> Result<()> {
+    for sql in [
+        "DELETE FROM attempts WHERE delivery_id IN (SELECT id FROM deliveries WHERE message_id = ?1)",
+        "DELETE FROM deliveries WHERE message_id = ?1",
+        "DELETE FROM message_bodies WHERE message_id = ?1",
+        "DELETE FROM messages WHERE id = ?1",
+    ] {
+        conn.prepare_cached(sql)
+            .and_then(|mut s| s.execute([id]))
+            .map_err(sql_err("delete message"))?;
+    }
+    add_total_bytes(conn, -size)
+}
+
+/// Deletes up to `chunk` quarantined frames received before `cutoff`.
+pub(super) fn prune_quarantine(conn: &Connection, cutoff: Timestamp, chunk: usize) -> Result<u64> {
+    let n = conn
+        .prepare_cached(
+            "DELETE FROM quarantine WHERE id IN
+                 (SELECT id FROM quarantine WHERE received_at < ?1 LIMIT ?2)",
+        )
+        .and_then(|mut s| s.execute(params![cutoff.as_millis(), chunk as i64]))
+        .map_err(sql_err("prune quarantine"))?;
+    Ok(n as u64)
+}
+
+// === audit, leases, health ===
+
+pub(super) fn audit(conn: &Connection, e: &AuditEntry) -> Result<AuditId> {
+    let ids = e
+        .message_ids
+        .iter()
+        .map(|id| id.0.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    conn.prepare_cached(
+        "INSERT INTO audit (at, actor, address, action, message_ids, detail)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            e.at.as_millis(),
+            e.actor,
+            e.address,
+            e.action.as_str(),
+            ids,
+            e.detail
+        ])
+    })
+    .map_err(sql_err("insert audit entry"))?;
+    Ok(AuditId(conn.last_insert_rowid()))
+}
+
+pub(super) fn acquire_lease(
+    conn: &Connection,
+    destination: &str,
+    node_id: &str,
+    ttl: Duration,
+    now: Timestamp,
+) -> Result<bool> {
+    check_lease_names(destination, node_id)?;
+    let n = conn
+        .prepare_cached(
+            "INSERT INTO leases (destination, node_id, expires_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT (destination) DO UPDATE
+                 SET node_id = excluded.node_id, expires_at = excluded.expires_at
+                 WHERE leases.node_id = excluded.node_id OR leases.expires_at <= ?4",
+        )
+        .and_then(|mut s| {
+            s.execute(params![
+                destination,
+                node_id,
+                now.saturating_add(ttl).as_millis(),
+                now.as_millis()
+            ])
+        })
+        .map_err(sql_err("acquire lease"))?;
+    Ok(n > 0)
+}
+
+pub(super) fn renew_lease(
+    conn: &Connection,
+    destination: &str,
+    node_id: &str,
+    ttl: Duration,
+    now: Timestamp,
+) -> Result<bool> {
+    check_lease_names(destination, node_id)?;
+    let n = conn
+        .prepare_cached(
+            "UPDATE leases SET expires_at = ?3
+             WHERE destination = ?1 AND node_id = ?2 AND expires_at > ?4",
+        )
+        .and_then(|mut s| {
+            s.execute(params![
+                destination,
+                node_id,
+                now.saturating_add(ttl).as_millis(),
+                now.as_millis()
+            ])
+        })
+        .map_err(sql_err("renew lease"))?;
+    Ok(n > 0)
+}
+
+pub(super) fn release_lease(conn: &Connection, destination: &str, node_id: &str) -> Result<bool> {
+    let n = conn
+        .prepare_cached("DELETE FROM leases WHERE destination = ?1 AND node_id = ?2")
+        .and_then(|mut s| s.execute([destination, node_id]))
+        .map_err(sql_err("release lease"))?;
+    Ok(n > 0)
+}
+
+fn check_lease_names(destination: &str, node_id: &str) -> Result<()> {
+    if destination.is_empty() || node_id.is_empty() {
+        return Err(StoreError::InvalidInput(
+            "lease destination and node id must not be empty".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// A real write, so a full disk or a read-only file shows up as not ready.
+pub(super) fn health(conn: &Connection) -> Result<()> {
+    conn.prepare_cached("UPDATE health SET checks = checks + 1 WHERE id = 1")
+        .and_then(|mut s| s.execute([]))
+        .map_err(sql_err("health check write"))?;
+    Ok(())
+}
+
+pub(super) fn corrupt_state(s: &str) -> StoreError {
+    StoreError::Corrupt(format!("unknown state {s:?}"))
+}
