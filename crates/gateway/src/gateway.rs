@@ -218,7 +218,16 @@ impl Gateway {
 
         // The admin API is not served yet: nothing binds config.admin.bind.
         let admin = None;
-        let gateway = Arc::new(Gateway { config, store, metrics, channels, wakers, listening, stopping: stopping.clone(), admin });
+        let gateway = Arc::new(Gateway {
+            config,
+            store,
+            metrics,
+            channels,
+            wakers,
+            listening,
+            stopping: stopping.clone(),
+            admin,
+        });
         tasks.spawn(housekeeping(gateway.clone()));
         Ok((
             gateway,

@@ -703,6 +703,18 @@ fn probe(conn: &mut Conn) -> bool {
     true
 }
 
+/// If `reply` acknowledges a message sent without waiting, forgets that message and returns
+/// its control id.
+fn late_ack(unanswered: &mut std::collections::VecDeque<Vec<u8>>, reply: &[u8]) -> Option<String> {
+    if unanswered.is_empty() {
+        return None;
+    }
+    let acked = AckReply::parse(reply).ok()?.acked_control_id;
+    let i = unanswered.iter().position(|id| *id == acked)?;
+    unanswered.remove(i);
+    Some(String::from_utf8_lossy(&acked).into_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -773,16 +785,4 @@ mod tests {
         assert_eq!(AckStatus::of(AckCode::AR), AckStatus::Rejected);
         assert_eq!(AckStatus::of(AckCode::CR), AckStatus::Rejected);
     }
-}
-
-/// If `reply` acknowledges a message sent without waiting, forgets that message and returns
-/// its control id.
-fn late_ack(unanswered: &mut std::collections::VecDeque<Vec<u8>>, reply: &[u8]) -> Option<String> {
-    if unanswered.is_empty() {
-        return None;
-    }
-    let acked = AckReply::parse(reply).ok()?.acked_control_id;
-    let i = unanswered.iter().position(|id| *id == acked)?;
-    unanswered.remove(i);
-    Some(String::from_utf8_lossy(&acked).into_owned())
 }
