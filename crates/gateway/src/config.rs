@@ -769,3 +769,25 @@ mod tests {
         assert_eq!(format!("{:?}", Secret("hunter2".into())), "Secret(***)");
     }
 }
+
+#[cfg(test)]
+mod example_tests {
+    use super::*;
+
+    /// The example in the repository root is valid and shows the defaults it claims.
+    #[test]
+    fn example_config_is_valid() {
+        let text = include_str!("../../../causeway.example.toml");
+        let c = Config::parse(text).unwrap();
+        let d = Config::embedded_default();
+        assert_eq!(c.store.max_age, d.store.max_age);
+        assert_eq!(c.store.max_bytes, d.store.max_bytes);
+        assert_eq!(c.admin.bind, d.admin.bind);
+        let source = &c.channels[0].source;
+        let default_source = &d.channels[0].source;
+        assert_eq!(source.max_connections, default_source.max_connections);
+        assert_eq!(source.max_message_size, default_source.max_message_size);
+        assert_eq!(source.idle_timeout, default_source.idle_timeout);
+        assert_eq!(c.channels[0].destinations.len(), 3);
+    }
+}

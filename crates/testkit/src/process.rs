@@ -56,6 +56,14 @@ impl Child {
     /// # Panics
     /// When the program cannot be started.
     pub fn spawn(program: impl Into<PathBuf>, args: &[&str]) -> Child {
+        Child::spawn_in(program, args, std::path::Path::new("."))
+    }
+
+    /// Like [`Child::spawn`], with `dir` as the working directory.
+    ///
+    /// # Panics
+    /// When the program cannot be started.
+    pub fn spawn_in(program: impl Into<PathBuf>, args: &[&str], dir: &std::path::Path) -> Child {
         let program = program.into();
         let name = program
             .file_name()
@@ -63,6 +71,7 @@ impl Child {
             .unwrap_or_default();
         let mut child = Command::new(&program)
             .args(args)
+            .current_dir(dir)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use causeway_gateway::render;
 use causeway_message::{Charset, Message, ParseOptions, Presence, TextDecoding, Value, batch};
 use serde_json::{Value as Json, json};
 
@@ -149,34 +150,14 @@ fn read_stdin() -> anyhow::Result<Vec<u8>> {
 
 /// Unescaped, decoded text; bytes that do not decode are shown as `\xHH` with a warning.
 fn decode(decoding: &TextDecoding, charset: Charset, value: &Value<'_>, label: &str) -> String {
-    let unescaped = value.unescaped();
-    match decoding.decode(charset, &unescaped) {
-        Ok(s) => s.into_owned(),
-        Err(e) => {
-            eprintln!(
-                "{label}: warning: a value is not valid {charset} at byte {}; shown with \\xHH",
-                e.offset
-            );
-            let mut s = String::new();
-            for chunk in unescaped.utf8_chunks() {
-                s.push_str(chunk.valid());
-                for b in chunk.invalid() {
-                    s.push_str(&format!("\\x{b:02X}"));
-                }
-            }
-            s
-        }
+    let (text, error) = render::text(decoding, charset, value);
+    if let Some(e) = error {
+        eprintln!(
+            "{label}: warning: a value is not valid {charset} at byte {}; shown with \\xHH",
+            e.offset
+        );
     }
-}
-
-/// The segment's name in paths: `OBX[3]` for the third OBX, `PID` for the first.
-fn segment_label(id: &[u8], occurrence: usize) -> String {
-    let id = String::from_utf8_lossy(id);
-    if occurrence > 1 {
-        format!("{id}[{occurrence}]")
-    } else {
-        id.into_owned()
-    }
+    text
 }
 
 fn shown(v: &Value<'_>, text: &dyn Fn(&Value<'_>) -> String) -> String {
@@ -210,7 +191,7 @@ fn write_tree(
             *n += 1;
             *n
         };
-        let name = segment_label(seg.id(), occurrence);
+        let name = render::segment_label(seg.id(), occurrence);
         writeln!(out, "{name}  (byte {})", start + seg.offset())?;
         for (i, field) in seg.fields().enumerate() {
             let f = i + 1;
@@ -259,23 +240,6 @@ fn write_tree(
     Ok(())
 }
 
-/// A node of the JSON tree: a leaf has `value` (or `null: true`), others `children`.
-fn node(
-    path: String,
-    v: &Value<'_>,
-    text: &dyn Fn(&Value<'_>) -> String,
-    children: impl FnOnce() -> Vec<Json>,
-) -> Json {
-    if v.presence() == Presence::Null {
-        return json!({ "path": path, "null": true });
-    }
-    if v.has_children() {
-        json!({ "path": path, "children": children() })
-    } else {
-        json!({ "path": path, "value": text(v) })
-    }
-}
-
 fn message_json(
     msg: &Message<'_>,
     source: &str,
@@ -285,57 +249,7 @@ fn message_json(
     text: &dyn Fn(&Value<'_>) -> String,
 ) -> Json {
     let d = msg.delimiters();
-    let mut seen: std::collections::HashMap<Vec<u8>, usize> = std::collections::HashMap::new();
-    let segments: Vec<Json> = msg
-        .segments()
-        .map(|seg| {
-            let occurrence = {
-                let n = seen.entry(seg.id().to_vec()).or_default();
-                *n += 1;
-                *n
-            };
-            let name = segment_label(seg.id(), occurrence);
-            let fields: Vec<Json> = seg
-                .fields()
-                .enumerate()
-                .filter(|(_, f)| !f.is_empty())
-                .map(|(i, field)| {
-                    let path = format!("{name}-{}", i + 1);
-                    node(path.clone(), &field, text, || {
-                        let reps = field.children().collect::<Vec<_>>();
-                        reps.iter()
-                            .enumerate()
-                            .filter(|(_, r)| !r.is_empty())
-                            .map(|(r, rep)| {
-                                let rpath = format!("{path}[{}]", r + 1);
-                                node(rpath.clone(), rep, text, || {
-                                    rep.children()
-                                        .collect::<Vec<_>>()
-                                        .iter()
-                                        .enumerate()
-                                        .filter(|(_, c)| !c.is_empty())
-                                        .map(|(c, comp)| {
-                                            let cpath = format!("{rpath}.{}", c + 1);
-                                            node(cpath.clone(), comp, text, || {
-                                                comp.children()
-                                                    .collect::<Vec<_>>()
-                                                    .iter()
-                                                    .enumerate()
-                                                    .filter(|(_, s)| !s.is_empty())
-                                                    .map(|(s, sub)| node(format!("{cpath}.{}", s + 1), sub, text, Vec::new))
-                                                    .collect()
-                                            })
-                                        })
-                                        .collect()
-                                })
-                            })
-                            .collect()
-                    })
-                })
-                .collect();
-            json!({ "id": String::from_utf8_lossy(seg.id()), "name": name, "offset": start + seg.offset(), "fields": fields })
-        })
-        .collect();
+    let segments = render::segments_json(msg, start, text);
     let warnings: Vec<Json> = msg
         .warnings()
         .iter()

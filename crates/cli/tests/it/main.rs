@@ -2,7 +2,10 @@
 
 // Test helpers outside #[test] functions may unwrap too: a panic is a test failure.
 #![allow(clippy::unwrap_used)]
+// These tests drive processes synchronously: there is no async runtime to block.
+#![allow(clippy::disallowed_methods)]
 
 mod doctor;
+mod example;
 mod interop;
 mod parse;
