@@ -399,6 +399,14 @@ impl Ack {
         Ack::new(original, code).error(ErrorCode::SegmentSequence, reason)
     }
 
+    /// [`Ack::for_unparseable`] with another HL70357 code than 100 (segment sequence), e.g.
+    /// 104 for a frame over the size limit.
+    pub fn for_unparseable_with(bytes: &[u8], code: ErrorCode, reason: &str) -> Ack {
+        let mut ack = Ack::for_unparseable(bytes, reason);
+        ack.errors[0].code = code;
+        ack
+    }
+
     /// [`Ack::for_unparseable`] with the code and text from a parse error.
     pub fn for_parse_error(bytes: &[u8], error: &ParseError) -> Ack {
         let mut ack = Ack::for_unparseable(bytes, &error.to_string());

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use causeway_message::ParseError;
-use causeway_message::ack::Ack;
+use causeway_message::ack::{Ack, ErrorCode};
 
 use crate::frame::FramingEvent;
 
@@ -130,8 +130,12 @@ pub fn nak_for_event(event: &FramingEvent, ids: &ControlIds, now: SystemTime) ->
         }
         _ => &[],
     };
+    let code = match event {
+        FramingEvent::FrameTooLarge { .. } => ErrorCode::ValueTooLong,
+        _ => ErrorCode::SegmentSequence,
+    };
     Some(
-        Ack::for_unparseable(head, &reason)
+        Ack::for_unparseable_with(head, code, &reason)
             .control_id(ids.next_id())
             .timestamp(hl7_timestamp(now))
             .encode(),

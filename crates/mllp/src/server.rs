@@ -101,6 +101,33 @@ where
     }
 }
 
+/// Hooks for metrics: told about connections and framing anomalies as they happen. All
+/// methods default to doing nothing. Called on the connection's task: keep them cheap.
+pub trait Observer: Send + Sync + std::fmt::Debug + 'static {
+    /// A connection was accepted (before any TLS handshake).
+    fn connection_opened(&self, _conn: &ConnectionInfo) {}
+    /// A connection ended, however it ended.
+    fn connection_closed(&self, _conn: &ConnectionInfo) {}
+    /// A connection over `max_connections` was closed right after accept.
+    fn connection_refused(&self, _peer: std::net::SocketAddr) {}
+    /// The framing core reported an anomaly on a connection.
+    fn framing_event(&self, _conn: &ConnectionInfo, _event: &FramingEvent) {}
+}
+
+/// Tells the observer a connection closed, on every way out of the connection task.
+struct ClosedGuard {
+    observer: Option<Arc<dyn Observer>>,
+    info: ConnectionInfo,
+}
+
+impl Drop for ClosedGuard {
+    fn drop(&mut self) {
+        if let Some(o) = &self.observer {
+            o.connection_closed(&self.info);
+        }
+    }
+}
+
 // === Settings ===
 
 /// Listener configuration. Every limit has a default; the docs say what an
@@ -142,6 +169,8 @@ pub struct ServerSettings {
     pub tls: Option<Arc<ServerTls>>,
     /// Control ids for the NAKs the server writes itself.
     pub control_ids: Arc<ControlIds>,
+    /// Metrics hooks; `None` observes nothing.
+    pub observer: Option<Arc<dyn Observer>>,
 }
 
 impl Default for ServerSettings {
@@ -159,6 +188,7 @@ impl Default for ServerSettings {
             commit_acks: false,
             tls: None,
             control_ids: Arc::new(ControlIds::new()),
+            observer: None,
         }
     }
 }
@@ -229,6 +259,9 @@ pub async fn run<H: Handler>(
                         max_connections = shared.settings.max_connections,
                         "connection limit reached; closing new connection"
                     );
+                    if let Some(o) = &shared.settings.observer {
+                        o.connection_refused(peer_addr);
+                    }
                     drop(socket);
                     continue;
                 };
@@ -306,6 +339,13 @@ async fn connection<H: Handler>(
     stop: CancellationToken,
 ) {
     debug!("connection accepted");
+    if let Some(o) = &shared.settings.observer {
+        o.connection_opened(&info);
+    }
+    let _closed = ClosedGuard {
+        observer: shared.settings.observer.clone(),
+        info: info.clone(),
+    };
     let Some(tls) = &shared.settings.tls else {
         Connection::new(socket, info, &shared, stop).serve().await;
         return;
@@ -537,6 +577,9 @@ where
 
     async fn on_event(&mut self, event: FramingEvent) -> Next {
         let settings = &self.shared.settings;
+        if let Some(o) = &settings.observer {
+            o.framing_event(&self.info, &event);
+        }
         match &event {
             FramingEvent::SkippedPadding { len } => debug!(len, "skipped padding between frames"),
             FramingEvent::SkippedGarbage { len } => warn!(len, "skipped bytes outside any frame"),

@@ -397,3 +397,45 @@ async fn message_without_control_id_is_refused_before_sending() {
     let err = client.send(msg).await.expect_err("no MSH-10");
     assert!(matches!(err, ClientError::MissingControlId), "{err:?}");
 }
+
+/// Counts what the server reports to its observer.
+#[derive(Debug, Default)]
+struct Counting {
+    opened: AtomicUsize,
+    closed: AtomicUsize,
+    events: std::sync::Mutex<Vec<&'static str>>,
+}
+
+impl causeway_mllp::server::Observer for Counting {
+    fn connection_opened(&self, _conn: &ConnectionInfo) {
+        self.opened.fetch_add(1, Ordering::SeqCst);
+    }
+    fn connection_closed(&self, _conn: &ConnectionInfo) {
+        self.closed.fetch_add(1, Ordering::SeqCst);
+    }
+    fn framing_event(&self, _conn: &ConnectionInfo, event: &causeway_mllp::frame::FramingEvent) {
+        self.events.lock().unwrap().push(event.kind());
+    }
+}
+
+#[tokio::test]
+async fn observer_sees_connections_and_framing_anomalies() {
+    let recorder = Recorder::default();
+    let observer = Arc::new(Counting::default());
+    let mut settings = ServerSettings::default();
+    settings.framing = FramingOptions::default().with_max_frame_len(1024);
+    settings.observer = Some(observer.clone());
+    let server = TestServer::start(recorder.handler(), settings).await;
+    let mut peer = RawPeer::connect(server.addr).await;
+    let mut big = adt("BIG2");
+    big.extend(std::iter::repeat_n(b'X', 5000));
+    peer.write(b"\0\0").await;
+    peer.write(&framed(&big)).await;
+    assert_eq!(peer.ack().await.code, AckCode::AR);
+    drop(peer);
+    server.stop().await;
+    assert_eq!(observer.opened.load(Ordering::SeqCst), 1);
+    assert_eq!(observer.closed.load(Ordering::SeqCst), 1);
+    let events = observer.events.lock().unwrap().clone();
+    assert!(events.len() >= 2, "{events:?}");
+}
