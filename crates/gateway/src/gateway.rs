@@ -174,6 +174,10 @@ impl Gateway {
             framing.strict = src.strict_framing;
             settings.framing = framing;
             settings.control_ids = control_ids.clone();
+            settings.observer = Some(Arc::new(crate::metrics::ChannelObserver {
+                channel: channel.name.clone(),
+                metrics: metrics.clone(),
+            }));
             if let Some(tls) = &src.tls {
                 let mut t = ServerTlsSettings::new(&tls.cert, &tls.key);
                 if let Some(ca) = &tls.client_ca {
@@ -216,8 +220,22 @@ impl Gateway {
             });
         }
 
-        // The admin API is not served yet: nothing binds config.admin.bind.
-        let admin = None;
+        let admin_listener = if config.admin.disabled {
+            None
+        } else {
+            let bind = config.admin.bind;
+            let listener = TcpListener::bind(bind)
+                .await
+                .map_err(|source| GatewayError::Bind {
+                    channel: "admin".to_owned(),
+                    addr: bind,
+                    source,
+                })?;
+            Some(listener)
+        };
+        let admin = admin_listener
+            .as_ref()
+            .map(|l| l.local_addr().unwrap_or(config.admin.bind));
         let gateway = Arc::new(Gateway {
             config,
             store,
@@ -228,6 +246,9 @@ impl Gateway {
             stopping: stopping.clone(),
             admin,
         });
+        if let Some(listener) = admin_listener {
+            tasks.spawn(crate::admin::serve(listener, gateway.clone())?);
+        }
         tasks.spawn(housekeeping(gateway.clone()));
         Ok((
             gateway,

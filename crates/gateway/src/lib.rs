@@ -12,13 +12,17 @@
 //! - [`ingest`]: parse, route, store, acknowledge.
 //! - [`route`]: destination filters.
 //! - [`deliver`]: the delivery workers and the MLLP, HTTP and file destinations.
+//! - [`doctor`]: `causeway doctor` for a configured destination.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`render`]: messages as JSON.
 //! - [`waiters`]: `ack = "after_delivery"` bookkeeping.
 //! - [`gateway`]: starting, running and stopping all of it.
+//! - [`admin`]: the admin API (health, metrics, search, view, replay, inject, audit).
 
+pub mod admin;
 pub mod config;
 pub mod deliver;
+pub mod doctor;
 pub mod gateway;
 pub mod ingest;
 pub mod metrics;

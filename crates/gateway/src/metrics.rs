@@ -35,6 +35,15 @@ pub struct DestinationLabel {
     pub destination: String,
 }
 
+/// `{channel, kind}`
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FramingLabel {
+    /// Channel name.
+    pub channel: String,
+    /// The framing event kind (`skipped_garbage`, `frame_too_large`, ...).
+    pub kind: String,
+}
+
 /// `{destination}`
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct QueueLabel {
@@ -73,6 +82,12 @@ pub struct Metrics {
     pub dead_letters: Family<QueueLabel, Gauge>,
     /// Age in seconds of the oldest waiting delivery per destination (0 when none).
     pub oldest_pending_seconds: Family<QueueLabel, Gauge>,
+    /// MLLP connections open now, by channel.
+    pub open_connections: Family<ChannelLabel, Gauge>,
+    /// Connections closed at once because the channel's connection limit was reached.
+    pub connections_refused: Family<ChannelLabel, Counter>,
+    /// Framing anomalies (stray bytes, oversized frames, missing end blocks, ...).
+    pub framing_anomalies: Family<FramingLabel, Counter>,
 }
 
 fn histogram() -> Histogram {
@@ -104,6 +119,9 @@ impl Metrics {
             queue_depth: Family::default(),
             dead_letters: Family::default(),
             oldest_pending_seconds: Family::default(),
+            open_connections: Family::default(),
+            connections_refused: Family::default(),
+            framing_anomalies: Family::default(),
         }
     }
 
@@ -239,5 +257,46 @@ impl Metrics {
     /// Counts one of the per-channel events.
     pub fn count(family: &Family<ChannelLabel, Counter>, channel: &str) {
         family.get_or_create(&Self::ch(channel)).inc();
+    }
+}
+
+/// Feeds a channel's connection and framing events from the MLLP server into the metrics.
+#[derive(Debug)]
+pub struct ChannelObserver {
+    /// Channel name.
+    pub channel: String,
+    /// Where to count.
+    pub metrics: std::sync::Arc<Metrics>,
+}
+
+impl causeway_mllp::server::Observer for ChannelObserver {
+    fn connection_opened(&self, _conn: &causeway_mllp::server::ConnectionInfo) {
+        self.metrics
+            .open_connections
+            .get_or_create(&Metrics::ch(&self.channel))
+            .inc();
+    }
+
+    fn connection_closed(&self, _conn: &causeway_mllp::server::ConnectionInfo) {
+        self.metrics
+            .open_connections
+            .get_or_create(&Metrics::ch(&self.channel))
+            .dec();
+    }
+
+    fn connection_refused(&self, _peer: std::net::SocketAddr) {
+        Metrics::count(&self.metrics.connections_refused, &self.channel);
+    }
+
+    fn framing_event(
+        &self,
+        _conn: &causeway_mllp::server::ConnectionInfo,
+        event: &causeway_mllp::frame::FramingEvent,
+    ) {
+        let label = FramingLabel {
+            channel: self.channel.clone(),
+            kind: event.kind().to_owned(),
+        };
+        self.metrics.framing_anomalies.get_or_create(&label).inc();
     }
 }

@@ -14,9 +14,17 @@ use super::common::{ClientTlsArgs, parse_duration};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The receiver, HOST:PORT (IPv6 as [::1]:2575).
-    #[arg(value_name = "HOST:PORT")]
-    target: String,
+    /// The receiver, HOST:PORT (IPv6 as [::1]:2575). Or use --destination with --config.
+    #[arg(value_name = "HOST:PORT", required_unless_present = "destination", conflicts_with = "destination")]
+    target: Option<String>,
+
+    /// Check this MLLP destination of the configuration, with its address and TLS settings.
+    #[arg(long, value_name = "NAME", requires = "config")]
+    destination: Option<String>,
+
+    /// The configuration file holding --destination.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
 
     /// Send this message once for the round trip instead of the built-in test message (an
     /// NMD^N02 with processing id T and no patient data). It needs an MSH-10. The size ladder
@@ -70,7 +78,30 @@ pub async fn run(args: &Args) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    let report = causeway_doctor::run(&args.target, settings).await;
+    let target = match (&args.target, &args.destination, &args.config) {
+        (Some(t), _, _) => t.clone(),
+        (None, Some(name), Some(path)) => {
+            let config = match super::serve::load(Some(path)) {
+                Ok(c) => c,
+                Err(code) => return Ok(code),
+            };
+            match causeway_gateway::doctor::target(&config, name) {
+                Ok((to, tls)) => {
+                    if tls.is_some() {
+                        settings.tls = tls;
+                    }
+                    to
+                }
+                Err(e) => {
+                    eprintln!("causeway: {}: {e}", path.display());
+                    return Ok(ExitCode::from(2));
+                }
+            }
+        }
+        // clap enforces a target or --destination with --config.
+        _ => unreachable!("clap requires HOST:PORT or --destination with --config"),
+    };
+    let report = causeway_doctor::run(&target, settings).await;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

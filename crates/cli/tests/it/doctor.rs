@@ -162,6 +162,29 @@ fn healthy_listener_is_ok_everywhere() {
 }
 
 #[test]
+fn configured_destination_is_checked_with_its_own_settings() {
+    let (_server, port) = listen(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("causeway.toml");
+    let toml = format!(
+        "[admin]\ndisabled = true\n[[channel]]\nname = \"c\"\n[channel.source]\nbind = \"127.0.0.1:0\"\n\
+         [[channel.destination]]\nname = \"lab\"\ntype = \"mllp\"\nto = \"127.0.0.1:{port}\"\n\
+         [[channel.destination]]\nname = \"files\"\ntype = \"file\"\ndirectory = \"out\"\n"
+    );
+    std::fs::write(&config, toml).unwrap();
+    let config = config.to_str().unwrap();
+    let (report, code) = doctor(&["--destination", "lab", "--config", config, "--max-size", "4096", "--samples", "1"]);
+    assert_eq!(code, 0, "{report:#}");
+    assert_check(&report, "mllp", "ok");
+    // Not an MLLP destination, and an unknown one: a clear refusal, exit 2.
+    for name in ["files", "nope"] {
+        let out = Command::new(BIN).args(["doctor", "--destination", name, "--config", config]).output().unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        assert!(String::from_utf8_lossy(&out.stderr).contains(name));
+    }
+}
+
+#[test]
 fn nothing_listening_is_refused() {
     let target = format!("127.0.0.1:{}", free_port());
     let (report, code) = doctor(&[&target, "--timeout", "1s"]);

@@ -1,0 +1,73 @@
+//! `POST /api/doctor`: the doctor's checks against a configured MLLP destination, run by the
+//! gateway itself.
+
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use causeway_gateway::{Config, Gateway};
+use causeway_message::Message;
+use causeway_message::ack::{Ack, Outcome};
+use causeway_mllp::server::{self, ConnectionInfo, Reply, ServerSettings};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+
+/// An MLLP receiver that accepts everything.
+async fn receiver() -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let handler = |msg: Bytes, _conn: ConnectionInfo| async move {
+        match Message::parse(&msg) {
+            Ok(m) => Reply::from(
+                Ack::for_message(&m, Outcome::Accept)
+                    .control_id("R1")
+                    .timestamp(causeway_mllp::ack::hl7_timestamp(SystemTime::now()))
+                    .encode(),
+            ),
+            Err(_) => Reply::Close,
+        }
+    };
+    tokio::spawn(server::run(listener, handler, ServerSettings::default(), std::future::pending::<()>()));
+    addr
+}
+
+#[tokio::test]
+async fn doctor_checks_a_configured_destination() {
+    let lab = receiver().await;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().display().to_string();
+    let toml = format!(
+        r#"
+[store]
+path = '{root}/data'
+[admin]
+bind = "127.0.0.1:0"
+[[channel]]
+name = "adt"
+[channel.source]
+bind = "127.0.0.1:0"
+[[channel.destination]]
+name = "lab"
+type = "mllp"
+to = "{lab}"
+[[channel.destination]]
+name = "files"
+type = "file"
+directory = '{root}/out'
+"#
+    );
+    let (gateway, running) = Gateway::start(Config::parse(&toml).unwrap()).await.unwrap();
+    let url = format!("http://{}/api/doctor", gateway.admin_addr().unwrap());
+    let http = reqwest::Client::new();
+    let post = |body: Value| http.post(&url).header("content-type", "application/json").body(body.to_string()).send();
+    let response = post(json!({"destination": "lab", "max_size": 4096, "samples": 2})).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let report: Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
+    assert_eq!(report["code"], "ok", "{report:#}");
+    let mllp = report["checks"].as_array().unwrap().iter().find(|c| c["name"] == "mllp").unwrap();
+    assert_eq!(mllp["code"], "ok");
+    for bad in [json!({"destination": "files"}), json!({"destination": "nope"}), json!({"dest": "lab"})] {
+        let response = post(bad.clone()).await.unwrap();
+        assert!(response.status().is_client_error(), "{bad}: {}", response.status());
+    }
+    running.stop(&gateway).await;
+}
