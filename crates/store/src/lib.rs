@@ -6,7 +6,7 @@
 //! FIFO delivery queue per destination with retries and dead letters, replay, search,
 //! queue statistics, retention, an audit log, and destination leases for nodes sharing a
 //! database. Backends: [`sqlite::SqliteStore`] now (WAL, group commit on a writer
-//! thread); PostgreSQL later, held to the same behaviour by the [`conformance`] suite.
+//! thread) and PostgreSQL ([`postgres`]), held to the same behaviour by the [`conformance`] suite.
 //!
 //! What it is not: it does not parse HL7 (the gateway hands it the metadata it extracted
 //! with `causeway-message`), send anything, or read the clock: every time is passed in.
@@ -42,11 +42,14 @@
 //! - [`types`]: ids, [`Timestamp`], and every value passed in or out.
 //! - [`error`]: the error type, [`StoreError`].
 //! - [`sqlite`]: the SQLite backend; [`sqlite::schema`] documents the schema.
+//! - [`postgres`]: the PostgreSQL backend, for one or several nodes sharing a database;
+//!   [`postgres::schema`] documents the schema.
 //! - [`conformance`]: the backend-generic test suite and [`conformance_tests!`].
 #![warn(missing_docs)]
 
 pub mod conformance;
 pub mod error;
+pub mod postgres;
 pub mod sqlite;
 pub mod store;
 pub mod types;

@@ -3,7 +3,8 @@
 //! message states, queue statistics and prune results.
 //!
 //! The model is written against the documented semantics, not the SQL, so it is
-//! independent of the backend: `check` is generic over `conformance::Backend`.
+//! independent of the backend: `check` is generic over `conformance::Backend`, and runs
+//! against SQLite and PostgreSQL alike.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -15,6 +16,7 @@ use causeway_store::{
 };
 use proptest::prelude::*;
 
+use crate::postgres::TempPg;
 use crate::sqlite::TempSqlite;
 
 const DESTS: [&str; 3] = ["a", "b", "c"];
@@ -456,5 +458,11 @@ proptest! {
     fn sqlite_matches_model(ops in proptest::collection::vec(op(), 1..60)) {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(check(TempSqlite::new(), ops));
+    }
+
+    #[test]
+    fn postgres_matches_model(ops in proptest::collection::vec(op(), 1..60)) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(check(TempPg::new(), ops));
     }
 }
