@@ -138,11 +138,18 @@ fn assign_by_convention(field: u8, chars: &[u8]) -> Delimiters {
             roles[role] = Some(c);
         }
     }
+    // Every message needs a component separator: when MSH-2 gave none, take the first
+    // conventional character that is not already in use (the field separator may be `^`).
+    let component = roles[0].unwrap_or_else(|| {
+        b"^~\\&#$%*!"
+            .iter()
+            .copied()
+            .find(|c| *c != field && !chars.contains(c))
+            .unwrap_or(b'^')
+    });
     Delimiters {
         field,
-        // Invariant: `chars` is non-empty, so at least one role is filled; the component
-        // separator is the one every message needs, so fall back to `^` only if unfilled.
-        component: roles[0].unwrap_or(b'^'),
+        component,
         repetition: roles[1],
         escape: roles[2],
         subcomponent: roles[3],
@@ -200,6 +207,14 @@ mod tests {
             (None, Some(b'\\'), Some(b'&'))
         );
         assert!(read("^~&", false).is_err());
+    }
+
+    #[test]
+    fn a_missing_component_separator_never_collides() {
+        // Found by fuzzing: field separator `^` and MSH-2 `~`.
+        let d = Delimiters::from_encoding_characters(b'^', b"~", true).unwrap().0;
+        assert_ne!(d.component, d.field);
+        assert_ne!(Some(d.component), d.repetition);
     }
 
     #[test]

@@ -5,3 +5,4 @@
 
 mod corpus;
 mod differential;
+mod fuzz_regressions;
