@@ -53,6 +53,9 @@ pub mod postgres;
 pub mod sqlite;
 pub mod store;
 pub mod types;
+mod writer_stats;
+
+pub use writer_stats::WriterStats;
 
 pub use error::{Result, StoreError};
 pub use store::{Store, StoreSettings};

@@ -37,7 +37,6 @@ mod writer;
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -198,26 +197,8 @@ pub struct PostgresStore {
     counters: Arc<WriterCounters>,
 }
 
-/// What the writer task has done since the store was opened, for metrics: the mean
-/// batch size (`requests / commits`) shows how much group commit is saving.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct WriterStats {
-    /// Transactions committed (one WAL flush each).
-    pub commits: u64,
-    /// Ingests run in batches, whether their batch committed or not.
-    pub requests: u64,
-    /// Batches that failed (every ingest in them failed as unavailable).
-    pub failed_commits: u64,
-}
-
-/// The writer's counters. Relaxed atomics: they are statistics, read independently.
-#[derive(Debug, Default)]
-pub(crate) struct WriterCounters {
-    commits: AtomicU64,
-    requests: AtomicU64,
-    failed_commits: AtomicU64,
-}
+pub(crate) use crate::writer_stats::WriterCounters;
+pub use crate::writer_stats::WriterStats;
 
 impl PostgresStore {
     /// Connects, creates or migrates the schema (safe with several nodes starting at
@@ -271,11 +252,7 @@ impl PostgresStore {
 
     /// The writer task's counters.
     pub fn writer_stats(&self) -> WriterStats {
-        WriterStats {
-            commits: self.counters.commits.load(Ordering::Relaxed),
-            requests: self.counters.requests.load(Ordering::Relaxed),
-            failed_commits: self.counters.failed_commits.load(Ordering::Relaxed),
-        }
+        self.counters.stats()
     }
 
     /// The settings it was opened with.

@@ -11,7 +11,6 @@
 use std::borrow::Cow;
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
@@ -164,14 +163,7 @@ async fn commit_batch(w: &mut Writer, jobs: &mut Vec<IngestJob>) {
     let outcome = tokio::time::timeout(w.timeout, run_batch(w, jobs))
         .await
         .unwrap_or_else(|e| Err(StoreError::unavailable("batch timed out", e)));
-    let counter = match &outcome {
-        Ok(_) => &w.counters.commits,
-        Err(_) => &w.counters.failed_commits,
-    };
-    counter.fetch_add(1, Ordering::Relaxed);
-    w.counters
-        .requests
-        .fetch_add(jobs.len() as u64, Ordering::Relaxed);
+    w.counters.batch(jobs.len(), outcome.is_ok());
     match outcome {
         Ok(results) => {
             for (job, result) in jobs.drain(..).zip(results) {

@@ -25,7 +25,6 @@ pub mod schema;
 mod writer;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -55,26 +54,8 @@ pub struct SqliteStore {
     counters: Arc<WriterCounters>,
 }
 
-/// What the writer thread has done since the store was opened, for metrics: the mean
-/// batch size (`requests / commits`) shows how much group commit is saving.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct WriterStats {
-    /// Transactions committed (one disk sync each).
-    pub commits: u64,
-    /// Write requests run in batches, whether their batch committed or not.
-    pub requests: u64,
-    /// Transactions whose commit failed (every request in them failed).
-    pub failed_commits: u64,
-}
-
-/// The writer's counters. Relaxed atomics: they are statistics, read independently.
-#[derive(Debug, Default)]
-pub(crate) struct WriterCounters {
-    commits: AtomicU64,
-    requests: AtomicU64,
-    failed_commits: AtomicU64,
-}
+pub(crate) use crate::writer_stats::WriterCounters;
+pub use crate::writer_stats::WriterStats;
 
 impl SqliteStore {
     /// Opens (creating if needed) the store at `path`, migrates its schema and starts the
@@ -141,11 +122,7 @@ impl SqliteStore {
 
     /// The writer thread's counters.
     pub fn writer_stats(&self) -> WriterStats {
-        WriterStats {
-            commits: self.counters.commits.load(Ordering::Relaxed),
-            requests: self.counters.requests.load(Ordering::Relaxed),
-            failed_commits: self.counters.failed_commits.load(Ordering::Relaxed),
-        }
+        self.counters.stats()
     }
 
     /// The settings it was opened with.

@@ -6,7 +6,6 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OptionalExtension, params};
@@ -286,16 +285,7 @@ fn commit_batch(conn: &mut Connection, state: &mut WriterState, jobs: &mut Vec<B
         let _ = conn.execute_batch("ROLLBACK");
         state.known_destinations.clear();
     }
-    let counter = if commit_error.is_some() {
-        &state.counters.failed_commits
-    } else {
-        &state.counters.commits
-    };
-    counter.fetch_add(1, Ordering::Relaxed);
-    state
-        .counters
-        .requests
-        .fetch_add(jobs.len() as u64, Ordering::Relaxed);
+    state.counters.batch(jobs.len(), commit_error.is_none());
     for job in jobs.drain(..) {
         job.finish(commit_error.as_deref());
     }
