@@ -2,11 +2,15 @@
 //!
 //! # Layout
 //! - [`corpus`]: the real HL7 v2 sample messages in `../shared/corpus/hl7v2`.
+//! - [`e2e`]: gateway end-to-end helpers: a blocking MLLP sender, a crash-proof load of
+//!   senders, readers of what destinations received, and the delivery check.
 //! - [`pki`]: throwaway certificate authorities and certificates (rcgen, ring).
 //! - [`process`]: run the `causeway` binary and the Python peers as child processes.
 //! - `src/bin/`: `mllp-load` (load generator) and `mllp-ref-server` (benchmark reference).
-//! - `python/`: the python-hl7 peers used by interop tests.
+//! - `python/`: the python-hl7 peers used by interop tests, and `http_sink.py`, the HTTP
+//!   destination of the gateway's tests.
 
 pub mod corpus;
+pub mod e2e;
 pub mod pki;
 pub mod process;

@@ -9,3 +9,4 @@ mod doctor;
 mod example;
 mod interop;
 mod parse;
+mod serve;
