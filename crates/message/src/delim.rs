@@ -212,7 +212,9 @@ mod tests {
     #[test]
     fn a_missing_component_separator_never_collides() {
         // Found by fuzzing: field separator `^` and MSH-2 `~`.
-        let d = Delimiters::from_encoding_characters(b'^', b"~", true).unwrap().0;
+        let d = Delimiters::from_encoding_characters(b'^', b"~", true)
+            .unwrap()
+            .0;
         assert_ne!(d.component, d.field);
         assert_ne!(Some(d.component), d.repetition);
     }

@@ -15,7 +15,11 @@ use super::common::{ClientTlsArgs, parse_duration};
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The receiver, HOST:PORT (IPv6 as [::1]:2575). Or use --destination with --config.
-    #[arg(value_name = "HOST:PORT", required_unless_present = "destination", conflicts_with = "destination")]
+    #[arg(
+        value_name = "HOST:PORT",
+        required_unless_present = "destination",
+        conflicts_with = "destination"
+    )]
     target: Option<String>,
 
     /// Check this MLLP destination of the configuration, with its address and TLS settings.

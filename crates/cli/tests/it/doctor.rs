@@ -173,12 +173,24 @@ fn configured_destination_is_checked_with_its_own_settings() {
     );
     std::fs::write(&config, toml).unwrap();
     let config = config.to_str().unwrap();
-    let (report, code) = doctor(&["--destination", "lab", "--config", config, "--max-size", "4096", "--samples", "1"]);
+    let (report, code) = doctor(&[
+        "--destination",
+        "lab",
+        "--config",
+        config,
+        "--max-size",
+        "4096",
+        "--samples",
+        "1",
+    ]);
     assert_eq!(code, 0, "{report:#}");
     assert_check(&report, "mllp", "ok");
     // Not an MLLP destination, and an unknown one: a clear refusal, exit 2.
     for name in ["files", "nope"] {
-        let out = Command::new(BIN).args(["doctor", "--destination", name, "--config", config]).output().unwrap();
+        let out = Command::new(BIN)
+            .args(["doctor", "--destination", name, "--config", config])
+            .output()
+            .unwrap();
         assert_eq!(out.status.code(), Some(2));
         assert!(String::from_utf8_lossy(&out.stderr).contains(name));
     }

@@ -27,14 +27,24 @@ pub struct DoctorRequest {
 }
 
 /// Runs the checks and returns the report (200 whatever the verdict: the verdict is in it).
-pub async fn doctor(State(state): State<AppState>, Json(req): Json<DoctorRequest>) -> Result<Json<Value>, ApiError> {
-    let (target, tls) = crate::doctor::target(&state.gateway.config, &req.destination).map_err(ApiError::bad_request)?;
+pub async fn doctor(
+    State(state): State<AppState>,
+    Json(req): Json<DoctorRequest>,
+) -> Result<Json<Value>, ApiError> {
+    let (target, tls) = crate::doctor::target(&state.gateway.config, &req.destination)
+        .map_err(ApiError::bad_request)?;
     let mut settings = DoctorSettings::default();
     settings.timeout = Duration::from_millis(req.timeout_ms.unwrap_or(5000).clamp(100, 60_000));
     let max = req.max_size.unwrap_or(1024 * 1024);
-    settings.ladder = DEFAULT_LADDER.iter().copied().filter(|s| *s <= max).collect();
+    settings.ladder = DEFAULT_LADDER
+        .iter()
+        .copied()
+        .filter(|s| *s <= max)
+        .collect();
     settings.latency_samples = req.samples.unwrap_or(5).min(50);
     settings.tls = tls;
     let report = causeway_doctor::run(&target, settings).await;
-    serde_json::to_value(&report).map(Json).map_err(|e| ApiError::unavailable(format!("cannot encode the report: {e}")))
+    serde_json::to_value(&report)
+        .map(Json)
+        .map_err(|e| ApiError::unavailable(format!("cannot encode the report: {e}")))
 }

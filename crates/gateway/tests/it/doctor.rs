@@ -26,7 +26,12 @@ async fn receiver() -> std::net::SocketAddr {
             Err(_) => Reply::Close,
         }
     };
-    tokio::spawn(server::run(listener, handler, ServerSettings::default(), std::future::pending::<()>()));
+    tokio::spawn(server::run(
+        listener,
+        handler,
+        ServerSettings::default(),
+        std::future::pending::<()>(),
+    ));
     addr
 }
 
@@ -58,16 +63,36 @@ directory = '{root}/out'
     let (gateway, running) = Gateway::start(Config::parse(&toml).unwrap()).await.unwrap();
     let url = format!("http://{}/api/doctor", gateway.admin_addr().unwrap());
     let http = reqwest::Client::new();
-    let post = |body: Value| http.post(&url).header("content-type", "application/json").body(body.to_string()).send();
-    let response = post(json!({"destination": "lab", "max_size": 4096, "samples": 2})).await.unwrap();
+    let post = |body: Value| {
+        http.post(&url)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+    };
+    let response = post(json!({"destination": "lab", "max_size": 4096, "samples": 2}))
+        .await
+        .unwrap();
     assert_eq!(response.status(), 200);
     let report: Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
     assert_eq!(report["code"], "ok", "{report:#}");
-    let mllp = report["checks"].as_array().unwrap().iter().find(|c| c["name"] == "mllp").unwrap();
+    let mllp = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "mllp")
+        .unwrap();
     assert_eq!(mllp["code"], "ok");
-    for bad in [json!({"destination": "files"}), json!({"destination": "nope"}), json!({"dest": "lab"})] {
+    for bad in [
+        json!({"destination": "files"}),
+        json!({"destination": "nope"}),
+        json!({"dest": "lab"}),
+    ] {
         let response = post(bad.clone()).await.unwrap();
-        assert!(response.status().is_client_error(), "{bad}: {}", response.status());
+        assert!(
+            response.status().is_client_error(),
+            "{bad}: {}",
+            response.status()
+        );
     }
     running.stop(&gateway).await;
 }
