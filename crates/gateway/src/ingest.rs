@@ -68,6 +68,13 @@ pub enum Stored {
     },
     /// Not HL7: quarantined.
     NotHl7(causeway_message::ParseError),
+    /// HL7, but not acceptable (no MSH-10, so no ACK could name it): quarantined, AR.
+    Refused {
+        /// The HL70357 code for the ERR segment.
+        code: ErrorCode,
+        /// Why, for the ERR segment and the log.
+        reason: String,
+    },
     /// The store failed: not stored.
     Failed(String),
 }
@@ -75,25 +82,61 @@ pub enum Stored {
 impl ChannelIngest {
     /// Parses, routes and stores `raw`, received from `peer`.
     pub async fn store(&self, raw: Bytes, peer: String, tls_identity: Option<String>) -> Stored {
-        let received_at = Timestamp::from(SystemTime::now());
-        let msg = match Message::parse(&raw) {
-            Ok(msg) => msg,
+        match Message::parse(&raw) {
+            Ok(msg) => self.store_parsed(&raw, &msg, peer, tls_identity).await,
             Err(e) => {
-                Metrics::count(&self.metrics.quarantined, &self.name);
-                let entry = NewQuarantine {
-                    channel: self.name.clone(),
-                    received_at,
-                    peer,
-                    tls_identity,
-                    reason: e.to_string(),
-                    raw: raw.clone(),
-                };
-                if let Err(store_error) = self.store.quarantine(entry).await {
-                    error!(channel = %self.name, %store_error, "cannot quarantine a frame that is not HL7");
-                }
-                return Stored::NotHl7(e);
+                self.quarantine(&raw, e.to_string(), peer, tls_identity)
+                    .await;
+                Stored::NotHl7(e)
             }
+        }
+    }
+
+    /// Keeps bytes that were refused, for inspection.
+    async fn quarantine(
+        &self,
+        raw: &Bytes,
+        reason: String,
+        peer: String,
+        tls_identity: Option<String>,
+    ) {
+        Metrics::count(&self.metrics.quarantined, &self.name);
+        let entry = NewQuarantine {
+            channel: self.name.clone(),
+            received_at: Timestamp::from(SystemTime::now()),
+            peer,
+            tls_identity,
+            reason,
+            raw: raw.clone(),
         };
+        if let Err(store_error) = self.store.quarantine(entry).await {
+            error!(channel = %self.name, %store_error, "cannot quarantine a refused frame");
+        }
+    }
+
+    /// [`ChannelIngest::store`] for a message already parsed (the MLLP path parses once).
+    async fn store_parsed(
+        &self,
+        raw: &Bytes,
+        msg: &Message<'_>,
+        peer: String,
+        tls_identity: Option<String>,
+    ) -> Stored {
+        let received_at = Timestamp::from(SystemTime::now());
+        if msg.control_id().is_none() {
+            // An ACK names its message by MSA-2 = MSH-10: without one the sender could not
+            // match our AA, and an MLLP destination could not match its receiver's. Refuse it
+            // now rather than accept something that cannot be delivered.
+            let reason =
+                "MSH-10 (message control ID) is empty: no acknowledgement could name this message"
+                    .to_owned();
+            self.quarantine(raw, reason.clone(), peer, tls_identity)
+                .await;
+            return Stored::Refused {
+                code: ErrorCode::RequiredFieldMissing,
+                reason,
+            };
+        }
         self.metrics.received(&self.name, raw.len());
         let text = |b: Option<&[u8]>| String::from_utf8_lossy(b.unwrap_or_default()).into_owned();
         let h = msg.header();
@@ -188,15 +231,16 @@ impl ChannelIngest {
                 .clone()
                 .or_else(|| i.dns_names.first().cloned())
         });
-        let stored = self.store(raw.clone(), peer, identity).await;
         let msg = match Message::parse(&raw) {
             Ok(msg) => msg,
             Err(e) => {
+                self.quarantine(&raw, e.to_string(), peer, identity).await;
                 warn!(channel = %self.name, len = raw.len(), error = %e, "frame is not HL7: quarantined, answering AR");
                 self.metrics.acked(&self.name, "AR");
                 return nak_for_parse_error(&raw, &e, &self.control_ids, SystemTime::now()).into();
             }
         };
+        let stored = self.store_parsed(&raw, &msg, peer, identity).await;
         let mode = AckMode::of(&msg);
         let (code, text, error) = match stored {
             Stored::Failed(reason) => (
@@ -221,6 +265,14 @@ impl ChannelIngest {
                     }
                     _ => (mode.commit_code(Outcome::Accept), None, None),
                 }
+            }
+            Stored::Refused { code, reason } => {
+                warn!(channel = %self.name, len = raw.len(), %reason, "message refused: quarantined, answering AR");
+                (
+                    mode.commit_code(Outcome::Reject),
+                    None,
+                    Some((code, reason)),
+                )
             }
             Stored::NotHl7(_) => unreachable!("handled above"),
         };

@@ -149,9 +149,8 @@ fn expected_ack(bytes: &[u8]) -> Option<&'static str> {
 /// Messages sent as they are (CR or LF segment ends: the gateway takes both), with the ACK
 /// code the sender must get: every corpus file that is one message and gets a reply, except
 /// `skip`, those holding MLLP's frame bytes 0x0B or 0x1C (three rubyhl7 files end with a
-/// stray 0x0B, which MLLP cannot carry), and the one without MSH-10 (hapi OML_O21: `serve`
-/// acknowledges it, but the MLLP destination refuses to send a message whose ACK it cannot
-/// match, and dead-letters it).
+/// stray 0x0B, which MLLP cannot carry), and the one without MSH-10 (hapi OML_O21, refused
+/// with AR: see the test below).
 fn raw_corpus(skip: &[&str]) -> Vec<(String, Vec<u8>, &'static str)> {
     corpus::all()
         .into_iter()
@@ -351,6 +350,22 @@ fn serve_delivers_everywhere_in_order() {
     assert!(
         e2e::field(&reply, "ERR", 1).is_some() || e2e::field(&reply, "ERR", 3).is_some(),
         "no ERR segment in {:?}",
+        String::from_utf8_lossy(&reply)
+    );
+
+    // A message without MSH-10 (a real one from the corpus): refused with AR and ERR 101,
+    // quarantined, never acknowledged AA and then lost at a destination.
+    let no_id = corpus::file("hapi__OML_O21__1.hl7");
+    let reply = conn.send(&no_id).unwrap();
+    assert_eq!(
+        e2e::ack_code(&reply).as_deref(),
+        Some("AR"),
+        "{:?}",
+        String::from_utf8_lossy(&reply)
+    );
+    assert!(
+        String::from_utf8_lossy(&reply).contains("101^Required field missing"),
+        "{:?}",
         String::from_utf8_lossy(&reply)
     );
 

@@ -508,6 +508,16 @@ pub async fn inject(
                 format!("not an HL7 message (quarantined): {e}"),
             ))
         }
+        Stored::Refused { reason, .. } => {
+            let detail = format!("channel {name}: refused, {size} bytes quarantined");
+            state
+                .audit(&actor, AuditAction::Inject, Vec::new(), detail)
+                .await?;
+            Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("message refused (quarantined): {reason}"),
+            ))
+        }
         Stored::Failed(reason) => {
             // Nothing was stored; the audit write will likely fail the same way, which
             // changes nothing for the client.
