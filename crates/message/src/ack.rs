@@ -468,10 +468,33 @@ impl Ack {
 
     /// The reply as an editable message.
     pub fn build(&self) -> MessageBuf {
+        let mut m = MessageBuf::new(self.original.delimiters);
+        self.write_to(&mut m);
+        m
+    }
+
+    /// The reply's bytes, segments terminated by CR. Written straight into one buffer: this
+    /// runs for every message a listener acknowledges.
+    pub fn encode(&self) -> Vec<u8> {
+        let d = self.original.delimiters;
+        let mut sink = BytesSink {
+            out: Vec::with_capacity(256),
+            field: d.field,
+            piece: 1,
+        };
+        sink.out.extend_from_slice(b"MSH");
+        sink.out.push(d.field);
+        sink.out.extend_from_slice(&d.encoding_characters());
+        self.write_to(&mut sink);
+        sink.out.push(b'\r');
+        sink.out
+    }
+
+    /// Writes the reply's pieces after `MSH|^~\&` into `sink`, in increasing order.
+    fn write_to(&self, sink: &mut impl AckSink) {
         let o = &self.original;
         let d = o.delimiters;
         let esc = |s: &str| crate::escape::escape(s.as_bytes(), &d).into_owned();
-        let mut m = MessageBuf::new(d);
         let version = parse_version(&o.version);
         // MSH-n is piece n-1 of the MSH segment (MSH-1 is the separator itself).
         let mut msh9 = b"ACK".to_vec();
@@ -483,31 +506,31 @@ impl Ack {
                 msh9.extend_from_slice(b"ACK");
             }
         }
-        let msh = m.header_mut();
-        msh.field(2, &o.receiving_app)
-            .field(3, &o.receiving_facility)
-            .field(4, &o.sending_app)
-            .field(5, &o.sending_facility)
-            .field(6, &esc(&self.timestamp))
-            .field(8, &msh9)
-            .field(9, &esc(&self.control_id))
-            .field(10, &o.processing_id)
-            .field(11, &o.version);
+        sink.piece(2, &o.receiving_app);
+        sink.piece(3, &o.receiving_facility);
+        sink.piece(4, &o.sending_app);
+        sink.piece(5, &o.sending_facility);
+        sink.piece(6, &esc(&self.timestamp));
+        sink.piece(8, &msh9);
+        sink.piece(9, &esc(&self.control_id));
+        sink.piece(10, &o.processing_id);
+        sink.piece(11, &o.version);
         if matches!(o.mode, Some(AckMode::Enhanced { .. })) {
             // Nobody acknowledges an acknowledgement.
-            msh.field(14, b"NE").field(15, b"NE");
+            sink.piece(14, b"NE");
+            sink.piece(15, b"NE");
         }
         if !o.charset.is_empty() {
-            msh.field(17, &o.charset);
+            sink.piece(17, &o.charset);
         }
-        let msa = m.push_segment("MSA");
-        msa.field(1, self.code.as_str().as_bytes())
-            .field(2, &o.control_id);
+        sink.segment("MSA");
+        sink.piece(1, self.code.as_str().as_bytes());
+        sink.piece(2, &o.control_id);
         if let Some(text) = &self.text {
-            msa.field(3, &esc(text));
+            sink.piece(3, &esc(text));
         }
         for e in &self.errors {
-            let err = m.push_segment("ERR");
+            sink.segment("ERR");
             let (code, code_text) = e.code.code_and_text();
             let sub = d.subcomponent.unwrap_or(d.component);
             let text = e.text.as_deref().map(esc).unwrap_or_default();
@@ -531,7 +554,7 @@ impl Ack {
                 });
                 eld.push(sub);
                 eld.extend_from_slice(b"HL70357");
-                err.field(1, &eld);
+                sink.piece(1, &eld);
             }
             if new_form {
                 if e.location.is_some() {
@@ -549,25 +572,63 @@ impl Ack {
                     while erl.last() == Some(&d.component) {
                         erl.pop();
                     }
-                    err.field(2, &erl);
+                    sink.piece(2, &erl);
                 }
                 let mut cwe = code.as_bytes().to_vec();
                 cwe.push(d.component);
                 cwe.extend_from_slice(code_text.as_bytes());
                 cwe.push(d.component);
                 cwe.extend_from_slice(b"HL70357");
-                err.field(3, &cwe).field(4, e.severity.as_str().as_bytes());
+                sink.piece(3, &cwe);
+                sink.piece(4, e.severity.as_str().as_bytes());
                 if !text.is_empty() {
-                    err.field(8, &text);
+                    sink.piece(8, &text);
                 }
             }
         }
-        m
+    }
+}
+
+/// Where [`Ack::write_to`] writes: a [`MessageBuf`] or straight into bytes. Pieces are
+/// numbered as [`crate::SegmentBuf::field`] numbers them (MSH-n is piece n-1).
+trait AckSink {
+    /// Ends the current segment and starts segment `id`.
+    fn segment(&mut self, id: &str);
+    /// Sets piece `n` (already escaped) of the current segment.
+    fn piece(&mut self, n: usize, raw: &[u8]);
+}
+
+impl AckSink for MessageBuf {
+    fn segment(&mut self, id: &str) {
+        self.push_segment(id);
     }
 
-    /// The reply's bytes, segments terminated by CR.
-    pub fn encode(&self) -> Vec<u8> {
-        self.build().encode()
+    fn piece(&mut self, n: usize, raw: &[u8]) {
+        self.last_segment_mut().field(n, raw);
+    }
+}
+
+/// Bytes written in order; `piece` is the number of the piece being written.
+struct BytesSink {
+    out: Vec<u8>,
+    field: u8,
+    piece: usize,
+}
+
+impl AckSink for BytesSink {
+    fn segment(&mut self, id: &str) {
+        self.out.push(b'\r');
+        self.out.extend_from_slice(id.as_bytes());
+        self.piece = 0;
+    }
+
+    fn piece(&mut self, n: usize, raw: &[u8]) {
+        // Pieces come in increasing order; skipped ones are empty.
+        while self.piece < n {
+            self.out.push(self.field);
+            self.piece += 1;
+        }
+        self.out.extend_from_slice(raw);
     }
 }
 
@@ -870,6 +931,38 @@ mod tests {
             .timestamp("2026")
             .encode();
         assert!(AckReply::parse(&nak).is_ok());
+    }
+
+    #[test]
+    fn direct_encoding_equals_the_built_message() {
+        for (input, version_err) in [
+            (
+                &b"MSH|^~\\&|A|B|C|D|2020||ADT^A01|C4|P|2.5|||AL|NE||UNICODE UTF-8\r"[..],
+                true,
+            ),
+            (&b"MSH|^~\\&|A|B|C|D|2020||ADT|C5|P|2.2\r"[..], true),
+            (&b"MSH|^~\\&|||||||||\r"[..], false),
+        ] {
+            let msg = Message::parse(input).unwrap();
+            let mut ack = Ack::for_message(&msg, Outcome::Error)
+                .control_id("X|1")
+                .timestamp("2026")
+                .text("a^b");
+            if version_err {
+                ack = ack.error_detail(ErrorDetail {
+                    code: ErrorCode::DataType,
+                    severity: Severity::Warning,
+                    location: Some(ErrorLocation {
+                        segment: "PID".into(),
+                        field: Some(3),
+                        ..Default::default()
+                    }),
+                    text: Some("t&t".into()),
+                });
+            }
+            assert_eq!(ack.encode(), ack.build().encode());
+            assert!(AckReply::parse(&ack.encode()).is_ok());
+        }
     }
 
     #[test]

@@ -80,6 +80,13 @@ impl MessageBuf {
         &mut self.segments[0]
     }
 
+    /// The last segment, for setting fields by piece.
+    pub fn last_segment_mut(&mut self) -> &mut SegmentBuf {
+        // Invariant: there is always MSH, so the vector is never empty.
+        let last = self.segments.len() - 1;
+        &mut self.segments[last]
+    }
+
     /// Appends a segment with this ID, terminated by CR, and returns it for filling in.
     pub fn push_segment(&mut self, id: &str) -> &mut SegmentBuf {
         // A segment that followed a message without a final terminator now needs one.

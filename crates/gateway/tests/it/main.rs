@@ -4,5 +4,6 @@
 // Test helpers outside #[test] functions may unwrap too: a panic is a test failure.
 #![allow(clippy::unwrap_used)]
 
+mod ack_policy;
 mod admin;
 mod doctor;

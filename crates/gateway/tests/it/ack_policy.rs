@@ -1,0 +1,122 @@
+//! `ack = "after_delivery"`: the sender gets the first destination's answer, or AE when it
+//! does not come in time; either way the message is stored and delivered later.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use causeway_gateway::{Config, Gateway};
+use causeway_message::Message;
+use causeway_message::ack::{Ack, AckCode, Outcome};
+use causeway_mllp::client::{Client, ClientSettings};
+use causeway_mllp::server::{self, ConnectionInfo, Reply, ServerSettings};
+use tokio::net::TcpListener;
+
+/// An MLLP receiver answering the n-th message (0-based) with `script(n)`: an outcome and a
+/// delay before answering.
+async fn receiver(script: fn(usize) -> (Outcome, Duration)) -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let count = Arc::new(AtomicUsize::new(0));
+    let handler = move |msg: Bytes, _conn: ConnectionInfo| {
+        let n = count.fetch_add(1, Ordering::SeqCst);
+        async move {
+            let (outcome, delay) = script(n);
+            tokio::time::sleep(delay).await;
+            let Ok(m) = Message::parse(&msg) else {
+                return Reply::Close;
+            };
+            let ack = Ack::for_message(&m, outcome)
+                .text(format!("downstream says {n}"))
+                .control_id(format!("R{n}"))
+                .timestamp(causeway_mllp::ack::hl7_timestamp(SystemTime::now()))
+                .encode();
+            Reply::from(ack)
+        }
+    };
+    tokio::spawn(server::run(
+        listener,
+        handler,
+        ServerSettings::default(),
+        std::future::pending::<()>(),
+    ));
+    addr
+}
+
+fn adt(id: &str) -> Vec<u8> {
+    format!("MSH|^~\\&|EHR|H|LAB|H|20261127120000||ADT^A01|{id}|P|2.5\rPID|1||{id}^^^MRN\r")
+        .into_bytes()
+}
+
+#[tokio::test]
+async fn after_delivery_relays_the_destination_answer_or_times_out() {
+    // 1st message: AA at once; 2nd: AE; 3rd: AA after 3 s, longer than the 1 s ack_timeout.
+    let lab = receiver(|n| match n {
+        0 => (Outcome::Accept, Duration::ZERO),
+        1 => (Outcome::Error, Duration::ZERO),
+        _ => (Outcome::Accept, Duration::from_secs(3)),
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().display().to_string();
+    let toml = format!(
+        r#"
+[store]
+path = '{root}/data'
+[admin]
+disabled = true
+[[channel]]
+name = "adt"
+ack = "after_delivery"
+ack_timeout = "1s"
+[channel.source]
+bind = "127.0.0.1:0"
+[[channel.destination]]
+name = "lab"
+type = "mllp"
+to = "{lab}"
+retry_initial = "100ms"
+retry_max = "200ms"
+"#
+    );
+    let (gateway, running) = Gateway::start(Config::parse(&toml).unwrap()).await.unwrap();
+    let mut settings = ClientSettings::default();
+    settings.ack_timeout = Duration::from_secs(10);
+    let mut client = Client::new(gateway.listening["adt"].to_string(), settings);
+
+    let first = client.send(&adt("A1")).await.unwrap().reply.unwrap();
+    assert_eq!(first.code, AckCode::AA);
+    assert_eq!(
+        first.text.as_deref(),
+        Some("downstream says 0"),
+        "the destination's text is relayed"
+    );
+
+    let second = client.send(&adt("A2")).await.unwrap().reply.unwrap();
+    assert_eq!(second.code, AckCode::AE, "the destination's AE is relayed");
+
+    // The retry of A2 (AA after 3 s) blocks the queue; A3 waits behind it: AE on timeout,
+    // saying the message is stored and will be delivered.
+    let third = client.send(&adt("A3")).await.unwrap().reply.unwrap();
+    assert_eq!(third.code, AckCode::AE);
+    assert!(
+        third.error.unwrap().text.contains("stored"),
+        "the AE says the message is kept"
+    );
+
+    // Both are delivered later all the same.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let stats = gateway.store.queue_stats().await.unwrap();
+        if stats.iter().all(|s| s.pending == 0) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "queue did not drain: {stats:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    running.stop(&gateway).await;
+}
