@@ -1,18 +1,22 @@
-//! Durable ingest throughput of the SQLite store: 1, 8 and 32 concurrent tasks, each
+//! Durable ingest throughput of the stores: 1, 8 and 32 concurrent tasks, each
 //! ingesting 1 KB messages to one destination and waiting for each to be committed and
 //! synced (`synchronous=FULL`) before sending the next, as a connection waits for its ACK.
 //!
 //! The store lives in a temporary directory on the machine's disk (`TMPDIR`), so the
 //! numbers include real syncs; group commit is what lets them grow with concurrency.
 //! Throughput is reported in messages per second (criterion's "elem/s").
+//!
+//! The PostgreSQL backend is measured too, on the server at `DATABASE_URL` (default the
+//! local one), in schema `cw_bench` (kept between runs; drop it to start empty).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use causeway_store::conformance::{at, message};
+use causeway_store::postgres::{PgSettings, PostgresStore};
 use causeway_store::sqlite::SqliteStore;
-use causeway_store::{NewMessage, Store, StoreSettings};
+use causeway_store::{NewMessage, Store, StoreSettings, WriterStats};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 
 const MESSAGE_SIZE: usize = 1024;
@@ -35,16 +39,41 @@ fn ingest(c: &mut Criterion) {
         .build()
         .expect("runtime");
     let dir = tempfile::tempdir().expect("temp dir");
-    let store = Arc::new(
+    let sqlite = Arc::new(
         rt.block_on(SqliteStore::open(
             dir.path().join("bench.db"),
             StoreSettings::default(),
         ))
         .expect("open store"),
     );
-    let seq = Arc::new(AtomicU64::new(0));
+    measure(c, &rt, "ingest-1k-durable/sqlite", sqlite.clone());
+    report("sqlite", sqlite.writer_stats());
 
-    let mut group = c.benchmark_group("ingest-1k-durable");
+    let url = std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+    let pg = PgSettings::new(&url)
+        .expect("DATABASE_URL")
+        .schema("cw_bench");
+    let postgres = Arc::new(
+        rt.block_on(PostgresStore::open(pg, StoreSettings::default()))
+            .unwrap_or_else(|e| panic!("PostgreSQL at DATABASE_URL={url}: {e}")),
+    );
+    measure(c, &rt, "ingest-1k-durable/postgres", postgres.clone());
+    report("postgres", postgres.writer_stats());
+}
+
+fn report(name: &str, stats: WriterStats) {
+    eprintln!(
+        "{name} writer: {} commits, {} requests, {:.1} requests per commit",
+        stats.commits,
+        stats.requests,
+        stats.requests as f64 / stats.commits.max(1) as f64
+    );
+}
+
+fn measure(c: &mut Criterion, rt: &tokio::runtime::Runtime, name: &str, store: Arc<dyn Store>) {
+    let seq = Arc::new(AtomicU64::new(0));
+    let mut group = c.benchmark_group(name);
     group.throughput(Throughput::Elements(1));
     group.sample_size(10);
     group.measurement_time(Duration::from_secs(5));
@@ -77,13 +106,6 @@ fn ingest(c: &mut Criterion) {
         });
     }
     group.finish();
-    let stats = store.writer_stats();
-    eprintln!(
-        "writer: {} commits, {} requests, {:.1} requests per commit",
-        stats.commits,
-        stats.requests,
-        stats.requests as f64 / stats.commits.max(1) as f64
-    );
 }
 
 criterion_group!(benches, ingest);
