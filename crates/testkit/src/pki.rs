@@ -54,6 +54,11 @@ impl Pki {
         }
     }
 
+    /// The temporary directory holding the CA and everything it issued.
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
     /// A server certificate for `localhost` and 127.0.0.1.
     pub fn server(&self, file: &str) -> Issued {
         let sans = vec![
@@ -65,7 +70,12 @@ impl Pki {
 
     /// A client certificate with common name `cn`.
     pub fn client(&self, file: &str, cn: &str) -> Issued {
-        self.issue(file, cn, Vec::new(), ExtendedKeyUsagePurpose::ClientAuth)
+        self.client_with_sans(file, cn, Vec::new())
+    }
+
+    /// A client certificate with common name `cn` and subject alternative names.
+    pub fn client_with_sans(&self, file: &str, cn: &str, sans: Vec<SanType>) -> Issued {
+        self.issue(file, cn, sans, ExtendedKeyUsagePurpose::ClientAuth)
     }
 
     fn issue(

@@ -10,85 +10,10 @@ use causeway_mllp::server::ServerSettings;
 use causeway_mllp::tls::{
     ClientTls, ClientTlsSettings, Fingerprint, IdentityRule, ServerTls, ServerTlsSettings,
 };
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, SanType,
-};
-use tempfile::TempDir;
+use causeway_testkit::pki::{Issued, Pki};
+use rcgen::SanType;
 
 use crate::support::{Recorder, TestServer, adt};
-
-/// A throwaway CA that issues server and client certificates into a temp dir.
-struct Pki {
-    dir: TempDir,
-    issuer: Issuer<'static, KeyPair>,
-    ca_path: PathBuf,
-}
-
-/// Paths of one issued certificate.
-struct Issued {
-    cert: PathBuf,
-    key: PathBuf,
-    fingerprint: Fingerprint,
-}
-
-impl Pki {
-    fn new(name: &str) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let key = KeyPair::generate().expect("key");
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let cert = params.self_signed(&key).expect("CA cert");
-        let ca_path = dir.path().join(format!("{name}.pem"));
-        std::fs::write(&ca_path, cert.pem()).expect("write CA");
-        Self {
-            dir,
-            issuer: Issuer::new(params, key),
-            ca_path,
-        }
-    }
-
-    fn server(&self, file: &str) -> Issued {
-        self.issue(
-            file,
-            "server",
-            vec![SanType::DnsName("localhost".try_into().expect("dns"))],
-            ExtendedKeyUsagePurpose::ServerAuth,
-        )
-    }
-
-    fn client(&self, file: &str, cn: &str, sans: Vec<SanType>) -> Issued {
-        self.issue(file, cn, sans, ExtendedKeyUsagePurpose::ClientAuth)
-    }
-
-    fn issue(
-        &self,
-        file: &str,
-        cn: &str,
-        sans: Vec<SanType>,
-        usage: ExtendedKeyUsagePurpose,
-    ) -> Issued {
-        let key = KeyPair::generate().expect("key");
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
-        params.subject_alt_names = sans;
-        params.distinguished_name.push(DnType::CommonName, cn);
-        params.extended_key_usages = vec![usage];
-        let cert = params.signed_by(&key, &self.issuer).expect("sign");
-        let paths = Issued {
-            cert: self.dir.path().join(format!("{file}.crt")),
-            key: self.dir.path().join(format!("{file}.key")),
-            fingerprint: Fingerprint::of(cert.der()),
-        };
-        std::fs::write(&paths.cert, cert.pem()).expect("write cert");
-        std::fs::write(&paths.key, key.serialize_pem()).expect("write key");
-        paths
-    }
-}
 
 fn client_settings(tls: ClientTlsSettings) -> ClientSettings {
     let mut settings = ClientSettings::default();
@@ -121,7 +46,7 @@ async fn tls_round_trip() {
     let cert = pki.server("server");
     let recorder = Recorder::default();
     let (server, _) = tls_server(&recorder, ServerTlsSettings::new(&cert.cert, &cert.key)).await;
-    let trust = ClientTlsSettings::with_ca(&pki.ca_path).server_name("localhost");
+    let trust = ClientTlsSettings::with_ca(&pki.ca).server_name("localhost");
     let mut client = Client::new(server.target(), client_settings(trust));
     assert_eq!(
         client.send(&adt("T1")).await.expect("ack").status,
@@ -133,12 +58,12 @@ async fn tls_round_trip() {
     );
     assert_eq!(recorder.distinct_connections(), 1);
     let other = Pki::new("other-ca");
-    let untrusted = ClientTlsSettings::with_ca(&other.ca_path).server_name("localhost");
+    let untrusted = ClientTlsSettings::with_ca(&other.ca).server_name("localhost");
     assert!(matches!(
         send_with(&server, untrusted, "T3").await,
         Err(ClientError::Handshake { .. })
     ));
-    let wrong_name = ClientTlsSettings::with_ca(&pki.ca_path).server_name("elsewhere.example");
+    let wrong_name = ClientTlsSettings::with_ca(&pki.ca).server_name("elsewhere.example");
     assert!(matches!(
         send_with(&server, wrong_name, "T4").await,
         Err(ClientError::Handshake { .. })
@@ -150,27 +75,27 @@ async fn tls_round_trip() {
 async fn mtls_admits_allowed_identities_and_refuses_others() {
     let pki = Pki::new("ca");
     let cert = pki.server("server");
-    let lab = pki.client("lab", "lab-a", vec![]);
-    let by_dns = pki.client(
+    let lab = pki.client_with_sans("lab", "lab-a", vec![]);
+    let by_dns = pki.client_with_sans(
         "ris",
         "ris",
         vec![SanType::DnsName(
             "ris.hospital.example".try_into().expect("dns"),
         )],
     );
-    let intruder = pki.client("intruder", "intruder", vec![]);
+    let intruder = pki.client_with_sans("intruder", "intruder", vec![]);
     let stranger_ca = Pki::new("stranger-ca");
-    let stranger = stranger_ca.client("stranger", "lab-a", vec![]);
+    let stranger = stranger_ca.client("stranger", "lab-a");
 
     let recorder = Recorder::default();
     let settings = ServerTlsSettings::new(&cert.cert, &cert.key)
-        .with_client_ca(&pki.ca_path)
+        .with_client_ca(&pki.ca)
         .with_allowed_clients(vec![
             "cn:lab-a".parse::<IdentityRule>().expect("rule"),
             "dns:ris.hospital.example".parse().expect("rule"),
         ]);
     let (server, _) = tls_server(&recorder, settings).await;
-    let trust = || ClientTlsSettings::with_ca(&pki.ca_path).server_name("localhost");
+    let trust = || ClientTlsSettings::with_ca(&pki.ca).server_name("localhost");
 
     assert_eq!(
         send_with(&server, trust().client_cert(&lab.cert, &lab.key), "M1")
@@ -234,36 +159,37 @@ async fn pinning_accepts_the_pinned_certificate_only() {
     let (server, _) = tls_server(&recorder, ServerTlsSettings::new(&cert.cert, &cert.key)).await;
 
     // Pin alone: no CA, and the name is not checked.
-    let pin_only = ClientTlsSettings::with_pin(cert.fingerprint).server_name("anything.example");
+    let pin_only =
+        ClientTlsSettings::with_pin(Fingerprint::of(&cert.der)).server_name("anything.example");
     assert_eq!(
         send_with(&server, pin_only, "P1").await.expect("pinned"),
         AckStatus::Accepted
     );
     // Pin plus CA.
-    let pin_and_ca = ClientTlsSettings::with_ca(&pki.ca_path)
+    let pin_and_ca = ClientTlsSettings::with_ca(&pki.ca)
         .server_name("localhost")
-        .pin(cert.fingerprint);
+        .pin(Fingerprint::of(&cert.der));
     send_with(&server, pin_and_ca, "P2")
         .await
         .expect("pinned and chained");
     // Wrong pin, with or without CA.
-    let wrong = ClientTlsSettings::with_pin(other.fingerprint);
+    let wrong = ClientTlsSettings::with_pin(Fingerprint::of(&other.der));
     assert!(matches!(
         send_with(&server, wrong, "P3").await,
         Err(ClientError::Handshake { .. })
     ));
-    let wrong_with_ca = ClientTlsSettings::with_ca(&pki.ca_path)
+    let wrong_with_ca = ClientTlsSettings::with_ca(&pki.ca)
         .server_name("localhost")
-        .pin(other.fingerprint);
+        .pin(Fingerprint::of(&other.der));
     assert!(matches!(
         send_with(&server, wrong_with_ca, "P4").await,
         Err(ClientError::Handshake { .. })
     ));
     // Right pin, but the chain does not verify against this CA.
     let stranger = Pki::new("stranger");
-    let pin_bad_ca = ClientTlsSettings::with_ca(&stranger.ca_path)
+    let pin_bad_ca = ClientTlsSettings::with_ca(&stranger.ca)
         .server_name("localhost")
-        .pin(cert.fingerprint);
+        .pin(Fingerprint::of(&cert.der));
     assert!(matches!(
         send_with(&server, pin_bad_ca, "P5").await,
         Err(ClientError::Handshake { .. })
@@ -288,15 +214,15 @@ async fn certificate_reload_on_demand_and_by_polling() {
     let first = pki.server("first");
     let second = pki.server("second");
     let third = pki.server("third");
-    let live_cert = pki.dir.path().join("live.crt");
-    let live_key = pki.dir.path().join("live.key");
+    let live_cert = pki.dir().join("live.crt");
+    let live_key = pki.dir().join("live.key");
     replace(&first, &live_cert, &live_key);
 
     let recorder = Recorder::default();
     let (server, tls) = tls_server(&recorder, ServerTlsSettings::new(&live_cert, &live_key)).await;
     send_with(
         &server,
-        ClientTlsSettings::with_pin(first.fingerprint),
+        ClientTlsSettings::with_pin(Fingerprint::of(&first.der)),
         "R1",
     )
     .await
@@ -307,7 +233,7 @@ async fn certificate_reload_on_demand_and_by_polling() {
     tls.reload().expect("reload");
     send_with(
         &server,
-        ClientTlsSettings::with_pin(second.fingerprint),
+        ClientTlsSettings::with_pin(Fingerprint::of(&second.der)),
         "R2",
     )
     .await
@@ -315,7 +241,7 @@ async fn certificate_reload_on_demand_and_by_polling() {
     assert!(
         send_with(
             &server,
-            ClientTlsSettings::with_pin(first.fingerprint),
+            ClientTlsSettings::with_pin(Fingerprint::of(&first.der)),
             "R3"
         )
         .await
@@ -327,7 +253,7 @@ async fn certificate_reload_on_demand_and_by_polling() {
     assert!(tls.reload().is_err());
     send_with(
         &server,
-        ClientTlsSettings::with_pin(second.fingerprint),
+        ClientTlsSettings::with_pin(Fingerprint::of(&second.der)),
         "R4",
     )
     .await
@@ -353,7 +279,7 @@ async fn certificate_reload_on_demand_and_by_polling() {
     loop {
         if send_with(
             &server,
-            ClientTlsSettings::with_pin(third.fingerprint),
+            ClientTlsSettings::with_pin(Fingerprint::of(&third.der)),
             "R5",
         )
         .await
@@ -379,6 +305,6 @@ async fn allowlist_without_client_ca_is_a_configuration_error() {
     let settings = ServerTlsSettings::new(&cert.cert, &cert.key)
         .with_allowed_clients(vec!["cn:lab-a".parse().expect("rule")]);
     assert!(ServerTls::load(settings).is_err());
-    let missing = ServerTlsSettings::new(pki.dir.path().join("nope.crt"), &cert.key);
+    let missing = ServerTlsSettings::new(pki.dir().join("nope.crt"), &cert.key);
     assert!(ServerTls::load(missing).is_err());
 }
