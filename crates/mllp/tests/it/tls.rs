@@ -1,7 +1,7 @@
 //! TLS: round trip, mTLS allowlist, pinning, reload. Certificates are made
 //! at test time with rcgen (ring backend).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
