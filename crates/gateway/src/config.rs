@@ -277,6 +277,9 @@ pub struct SourceConfig {
     /// Refuse a frame whose end block lacks its CR (lenient by default).
     #[serde(default)]
     pub strict_framing: bool,
+    /// MLLP block bytes, for vendors that use others than the standard ones.
+    #[serde(default)]
+    pub framing: FramingBytes,
     /// TLS for this listener (plain MLLP when absent).
     pub tls: Option<ServerTlsConfig>,
 }
@@ -392,6 +395,65 @@ pub struct MllpDestination {
     pub retry_on_ae: bool,
     /// TLS to the receiver.
     pub tls: Option<ClientTlsConfig>,
+    /// MLLP block bytes, for receivers that use others than the standard ones.
+    #[serde(default)]
+    pub framing: FramingBytes,
+}
+
+/// `framing = { start = 0x0B, end = 0x1C, trailer = 0x0D }`: the MLLP block bytes. TOML
+/// takes hexadecimal integers as written here. The three must differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FramingBytes {
+    /// Opens a frame. Default 0x0B (VT).
+    #[serde(default = "default_start")]
+    pub start: u8,
+    /// Ends a frame's payload. Default 0x1C (FS).
+    #[serde(default = "default_end")]
+    pub end: u8,
+    /// Follows the end byte. Default 0x0D (CR).
+    #[serde(default = "default_trailer")]
+    pub trailer: u8,
+}
+
+fn default_start() -> u8 {
+    0x0B
+}
+fn default_end() -> u8 {
+    0x1C
+}
+fn default_trailer() -> u8 {
+    0x0D
+}
+
+impl Default for FramingBytes {
+    fn default() -> Self {
+        FramingBytes {
+            start: default_start(),
+            end: default_end(),
+            trailer: default_trailer(),
+        }
+    }
+}
+
+impl FramingBytes {
+    /// These bytes applied to `options`.
+    pub fn apply(
+        &self,
+        options: causeway_mllp::frame::FramingOptions,
+    ) -> causeway_mllp::frame::FramingOptions {
+        options.with_bytes(self.start, self.end, self.trailer)
+    }
+
+    fn validate(&self, key: &str) -> Result<(), ConfigError> {
+        if self.start == self.end || self.start == self.trailer || self.end == self.trailer {
+            return Err(invalid(
+                key,
+                "start, end and trailer must be three different bytes",
+            ));
+        }
+        Ok(())
+    }
 }
 
 fn default_send_timeout() -> Dur {
@@ -558,6 +620,9 @@ impl Config {
                     format!("{} is used by another channel", c.source.bind),
                 ));
             }
+            c.source
+                .framing
+                .validate(&format!("{key}.source.framing"))?;
             if c.source.max_connections == 0 {
                 return Err(invalid(
                     format!("{key}.source.max_connections"),
@@ -607,6 +672,7 @@ impl Config {
                 }
                 match &d.kind {
                     DestinationKind::Mllp(m) => {
+                        m.framing.validate(&format!("{dkey}.framing"))?;
                         if !m.to.contains(':') {
                             return Err(invalid(
                                 format!("{dkey}.to"),
@@ -743,6 +809,27 @@ mod tests {
         let env = base.replace("[admin]", "[admin]\ntoken = \"${CAUSEWAY_TEST_UNSET_VAR}\"");
         let e = Config::parse(&env).unwrap_err().to_string();
         assert!(e.contains("CAUSEWAY_TEST_UNSET_VAR"), "{e}");
+        let same = base.replace(
+            "[channel.source]",
+            "[channel.source]\nframing = { start = 0x1C }",
+        );
+        assert!(
+            Config::parse(&same)
+                .unwrap_err()
+                .to_string()
+                .contains("channel[0].source.framing")
+        );
+        let custom = base.replace(
+            "[channel.source]",
+            "[channel.source]\nframing = { start = 0x02, end = 0x03 }",
+        );
+        assert_eq!(
+            Config::parse(&custom).unwrap().channels[0]
+                .source
+                .framing
+                .start,
+            0x02
+        );
         let typo = base.replace("directory =", "directroy =");
         assert!(
             Config::parse(&typo)

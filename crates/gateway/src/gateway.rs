@@ -172,6 +172,7 @@ impl Gateway {
             let mut framing = FramingOptions::default()
                 .with_max_frame_len(usize::try_from(src.max_message_size.0).unwrap_or(usize::MAX));
             framing.strict = src.strict_framing;
+            let framing = src.framing.apply(framing);
             settings.framing = framing;
             settings.control_ids = control_ids.clone();
             settings.observer = Some(Arc::new(crate::metrics::ChannelObserver {

@@ -21,6 +21,7 @@ impl MllpSender {
         settings.connect_timeout = config.connect_timeout.0;
         // The worker retries with its own backoff; one connection attempt per send.
         settings.connect_attempts = 1;
+        settings.framing = config.framing.apply(settings.framing.clone());
         if let Some(tls) = &config.tls {
             let mut t = ClientTlsSettings::default();
             t.ca_path = tls.ca.clone();

@@ -120,3 +120,35 @@ retry_max = "200ms"
     }
     running.stop(&gateway).await;
 }
+
+#[tokio::test]
+async fn custom_framing_bytes_on_both_sides() {
+    // The gateway's own listener as the MLLP destination of a second channel would need two
+    // gateways; instead one channel with STX/ETX framing, and a client using the same bytes.
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().display().to_string();
+    let toml = format!(
+        r#"
+[store]
+path = '{root}/data'
+[admin]
+disabled = true
+[[channel]]
+name = "stx"
+[channel.source]
+bind = "127.0.0.1:0"
+framing = {{ start = 0x02, end = 0x03, trailer = 0x0D }}
+[[channel.destination]]
+name = "files"
+type = "file"
+directory = '{root}/out'
+"#
+    );
+    let (gateway, running) = Gateway::start(Config::parse(&toml).unwrap()).await.unwrap();
+    let mut settings = ClientSettings::default();
+    settings.framing = causeway_mllp::frame::FramingOptions::default().with_bytes(0x02, 0x03, 0x0D);
+    let mut client = Client::new(gateway.listening["stx"].to_string(), settings);
+    let reply = client.send(&adt("S1")).await.unwrap().reply.unwrap();
+    assert_eq!(reply.code, AckCode::AA);
+    running.stop(&gateway).await;
+}
