@@ -100,19 +100,11 @@ fn read_until(stream: &mut std::net::TcpStream, byte: u8) -> bool {
     }
 }
 
-/// Starts `causeway listen` with `extra` flags and returns it with its port.
+/// Starts `causeway listen --quiet` with `extra` flags and returns it with its port.
 fn listen(extra: &[&str]) -> (Child, String) {
-    let mut args = vec!["listen", "--port", "0", "--quiet"];
+    let mut args = vec!["--quiet"];
     args.extend_from_slice(extra);
-    let child = Child::spawn(BIN, &args);
-    let line = child.wait_for_line(true, WAIT, |l| l.starts_with("causeway listen: "));
-    let port = line
-        .split(" on 127.0.0.1:")
-        .nth(1)
-        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
-        .unwrap_or_else(|| panic!("no port in {line:?}"))
-        .to_owned();
-    (child, port)
+    crate::support::causeway_listen(&args)
 }
 
 // === Loopback scenarios ===

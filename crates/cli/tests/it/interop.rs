@@ -3,13 +3,12 @@
 
 use std::path::Path;
 use std::process::{Command, Output};
-use std::time::Duration;
 
 use causeway_testkit::corpus;
 use causeway_testkit::pki::Pki;
 use causeway_testkit::process::{Child, python, python_peer};
 
-const WAIT: Duration = Duration::from_secs(20);
+use crate::support::{WAIT, causeway_listen};
 
 fn causeway(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_causeway"))
@@ -49,21 +48,6 @@ fn python_server(extra: &[&str]) -> (Child, String) {
     let child = Child::spawn(python(), &args);
     let ready = child.wait_for_line(false, WAIT, |l| l.starts_with("READY "));
     let port = ready.trim_start_matches("READY ").to_owned();
-    (child, port)
-}
-
-/// Starts `causeway listen` on a free port with `extra` flags and returns it with its port.
-fn causeway_listen(extra: &[&str]) -> (Child, String) {
-    let mut args = vec!["listen", "--port", "0"];
-    args.extend_from_slice(extra);
-    let child = Child::spawn(env!("CARGO_BIN_EXE_causeway"), &args);
-    let line = child.wait_for_line(true, WAIT, |l| l.starts_with("causeway listen: "));
-    let port = line
-        .split(" on 127.0.0.1:")
-        .nth(1)
-        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
-        .unwrap_or_else(|| panic!("no port in {line:?}"))
-        .to_owned();
     (child, port)
 }
 

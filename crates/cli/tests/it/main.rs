@@ -10,3 +10,4 @@ mod example;
 mod interop;
 mod parse;
 mod serve;
+mod support;
