@@ -179,7 +179,9 @@ impl SqliteStore {
 #[async_trait]
 impl Store for SqliteStore {
     async fn ingest(&self, message: NewMessage) -> Result<Ingested> {
-        self.write(move |c, st| writer::ingest(c, st, &message))
+        // Hashed here, on the caller's thread: the writer thread is the bottleneck.
+        let key = message.dedup_key();
+        self.write(move |c, st| writer::ingest(c, st, &message, &key))
             .await
     }
 
@@ -395,6 +397,9 @@ impl Readers {
     }
 }
 
+/// Prepared statements kept per connection (see `open_connection`).
+const STATEMENT_CACHE: usize = 64;
+
 fn open_connection(path: &Path, busy_timeout: Duration, read_only: bool) -> Result<Connection> {
     let flags = if read_only {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
@@ -404,6 +409,9 @@ fn open_connection(path: &Path, busy_timeout: Duration, read_only: bool) -> Resu
             | OpenFlags::SQLITE_OPEN_NO_MUTEX
     };
     let conn = Connection::open_with_flags(path, flags).map_err(sql_err("open database"))?;
+    // Every statement the store runs stays prepared: the writer alone has more than
+    // rusqlite's default of 16, and re-preparing one costs more than running it.
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     if read_only {
         conn.busy_timeout(busy_timeout)
             .map_err(sql_err("set busy timeout"))?;

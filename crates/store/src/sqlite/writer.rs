@@ -293,9 +293,14 @@ fn commit_batch(conn: &mut Connection, state: &mut WriterState, jobs: &mut Vec<B
 
 // === messages ===
 
-pub(super) fn ingest(conn: &Connection, st: &mut WriterState, m: &NewMessage) -> Result<Ingested> {
+/// `key` is `m.dedup_key()`, computed by the caller off the writer thread.
+pub(super) fn ingest(
+    conn: &Connection,
+    st: &mut WriterState,
+    m: &NewMessage,
+    key: &[u8; 32],
+) -> Result<Ingested> {
     let destinations = m.validated_destinations()?;
-    let key = m.dedup_key();
     let received = m.received_at.as_millis();
     let duplicate_of = if st.dedup_window.is_zero() {
         None
