@@ -7,8 +7,10 @@
 //! [`StoreSettings::max_batch`] requests, runs them in one transaction, commits once,
 //! and only then answers each caller. Under load, one sync covers many ingests from
 //! many connections; idle, a lone ingest is committed at once (there is no timer
-//! waiting for company). A second thread checkpoints the WAL into the database file
-//! every 100 ms, off the commit path.
+//! waiting for company). Under load the sync itself runs on a second thread, so the
+//! writer applies the next batch while the disk syncs the last one; a caller is never
+//! answered before the sync covering its write has returned. A third thread checkpoints
+//! the WAL into the database file every 100 ms, off the commit path.
 //!
 //! Reads run on tokio's blocking pool over a small pool of read connections; in WAL mode
 //! they see the last commit and never wait for the writer.
@@ -70,7 +72,7 @@ impl SqliteStore {
         let open_path = path.clone();
         let busy = settings.busy_timeout;
         let max_bytes = settings.max_database_bytes;
-        let (conn, checkpoint_conn) = tokio::task::spawn_blocking(move || -> Result<_> {
+        let (conn, checkpoint_conn, wal) = tokio::task::spawn_blocking(move || -> Result<_> {
             let mut conn = open_connection(&open_path, busy, false)?;
             // The only clock read: when a migration was applied, for the record.
             let now = Timestamp::from(SystemTime::now()).as_millis();
@@ -84,7 +86,15 @@ impl SqliteStore {
                     .map_err(sql_err("set max page count"))?;
             }
             let checkpoint_conn = open_connection(&open_path, busy, false)?;
-            Ok((conn, checkpoint_conn))
+            // The writer commits without syncing and the WAL is synced through this
+            // handle before any caller is answered (see `writer::Committed`).
+            conn.execute_batch("PRAGMA synchronous = NORMAL")
+                .map_err(sql_err("set writer synchronous mode"))?;
+            let mut wal_path = open_path.clone().into_os_string();
+            wal_path.push("-wal");
+            let wal = std::fs::File::open(&wal_path)
+                .map_err(|e| StoreError::unavailable("open the write-ahead log", e))?;
+            Ok((conn, checkpoint_conn, wal))
         })
         .await
         .map_err(|e| StoreError::unavailable("open store", e))??;
@@ -95,7 +105,7 @@ impl SqliteStore {
         let max_batch = settings.max_batch;
         let writer_thread = std::thread::Builder::new()
             .name("causeway-store-writer".into())
-            .spawn(move || writer::run(conn, checkpoint_conn, rx, state, max_batch))
+            .spawn(move || writer::run(conn, checkpoint_conn, wal, rx, state, max_batch))
             .map_err(|e| StoreError::unavailable("start writer thread", e))?
             .thread()
             .clone();
