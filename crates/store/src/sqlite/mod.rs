@@ -104,7 +104,7 @@ impl SqliteStore {
         let state = WriterState::new(&settings, Arc::clone(&counters));
         let max_batch = settings.max_batch;
         let writer_thread = std::thread::Builder::new()
-            .name("causeway-store-writer".into())
+            .name("cw-store-writer".into())
             .spawn(move || writer::run(conn, checkpoint_conn, wal, rx, state, max_batch))
             .map_err(|e| StoreError::unavailable("start writer thread", e))?
             .thread()

@@ -149,7 +149,7 @@ pub(super) fn run(
     let (to_syncer, synced) = std::sync::mpsc::sync_channel::<Committed>(SYNC_QUEUE);
     let syncer_wal = Arc::clone(&wal);
     let syncer = std::thread::Builder::new()
-        .name("causeway-store-sync".into())
+        .name("cw-store-sync".into())
         .spawn(move || sync_loop(&syncer_wal, &synced));
     let (to_syncer, syncer) = match syncer {
         Ok(handle) => (Some(to_syncer), Some(handle)),
@@ -161,7 +161,7 @@ pub(super) fn run(
     };
     let (stop_checkpoints, stopped) = std::sync::mpsc::channel::<()>();
     let checkpointer = std::thread::Builder::new()
-        .name("causeway-store-checkpoint".into())
+        .name("cw-store-ckpt".into())
         .spawn(move || checkpoint_loop(&checkpoint_conn, &stopped));
     if let Err(e) = &checkpointer {
         // Not fatal: the writer's own auto-checkpoint still bounds the WAL.
