@@ -31,6 +31,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
+use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
@@ -422,6 +423,12 @@ fn open_connection(path: &Path, busy_timeout: Duration, read_only: bool) -> Resu
     // Every statement the store runs stays prepared: the writer alone has more than
     // rusqlite's default of 16, and re-preparing one costs more than running it.
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    // The bundled SQLite is built with STAT4, which makes a statement whose plan could
+    // depend on a bound value (the dedup lookup's `received_at >= ?`) re-prepare itself
+    // whenever that value changes: on every ingest. The query planner stability
+    // guarantee turns that off; our plans are fixed by their indexes anyway.
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)
+        .map_err(sql_err("fix query plans"))?;
     if read_only {
         conn.busy_timeout(busy_timeout)
             .map_err(sql_err("set busy timeout"))?;
