@@ -7,6 +7,12 @@ use clap::{Parser, Subcommand};
 
 mod cmd;
 
+/// mimalloc instead of glibc's allocator: the gateway allocates a message on a connection's
+/// task and frees it on the store's writer thread, and glibc's per-thread arenas spent a
+/// seventh of the async runtime's CPU on that traffic (see docs/BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Causeway: an HL7 v2 messaging gateway.
 ///
 /// Receives and sends HL7 v2 over MLLP, stores every message before acknowledging it, and
