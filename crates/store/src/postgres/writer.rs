@@ -1,6 +1,8 @@
 //! The writer task: group commit of ingests.
 //!
-//! Each batch is one transaction on the writer's own connection: `BEGIN`; one
+//! Each batch is one transaction on the writer's own connection: `BEGIN` and the queue
+//! lock (`pg_advisory_xact_lock`, one per schema, so that delivery ids become visible in
+//! id order across nodes: see [`super::schema`]); one
 //! statement per ingest, all sent before the first answer comes back
 //! (pipelined: one round trip for the batch, executed in queue order, each seeing the
 //! ones before it, so a resend in the same batch finds its original); the batch's bytes
@@ -233,7 +235,9 @@ async fn run_batch(w: &mut Writer, jobs: &[IngestJob]) -> Result<Vec<Ingested>> 
         Some(c) if !c.client.is_closed() => c,
         slot => slot.insert(w.connector.connect().await?),
     };
-    conn.begin().await?;
+    // The queue lock first, before any delivery id is drawn (see `schema`, "Queue order
+    // across nodes"); one round trip with the BEGIN.
+    conn.begin_with(super::ops::BEGIN_LOCK_QUEUE).await?;
     let stmt = conn.statement(INGEST).await?;
     let rows: Vec<IngestParams<'_>> = jobs
         .iter()
