@@ -722,15 +722,6 @@ impl PgConn {
             .map_err(pg_err("begin"))
     }
 
-    /// `BEGIN` followed by `sql` (simple protocol, results ignored), in one round trip.
-    pub(crate) async fn begin_with(&mut self, sql: &str) -> Result<()> {
-        self.in_tx = true;
-        self.client
-            .batch_execute(sql)
-            .await
-            .map_err(pg_err("begin"))
-    }
-
     pub(crate) async fn commit(&mut self) -> Result<()> {
         self.client
             .batch_execute("COMMIT")
