@@ -327,18 +327,34 @@ async fn open_store(c: &StoreConfig) -> Result<Arc<dyn Store>, GatewayError> {
                 return Ok(Arc::new(store));
             }
             Err(e) if e.is_store_failure() && started.elapsed() < STORE_OPEN_PATIENCE => {
-                warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot reach PostgreSQL; retrying");
+                warn!(error = %error_chain(&e), retry_in_ms = backoff.as_millis() as u64, "cannot reach PostgreSQL; retrying");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(10));
             }
-            Err(source) => {
-                return Err(GatewayError::Store {
-                    path: target,
-                    source,
+            Err(e) => {
+                return Err(GatewayError::Setup {
+                    what: format!("cannot open the store at {target}"),
+                    reason: error_chain(&e),
                 });
             }
         }
     }
+}
+
+/// An error with its sources, `outer: inner: innermost` (a refused TLS certificate or
+/// password is in the sources, not in the store's own message).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let more = s.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = s.source();
+    }
+    text
 }
 
 /// A rustls client configuration (ring) trusting the CA bundle at `ca`.

@@ -14,9 +14,11 @@ use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use causeway_testkit::e2e::MllpConn;
 use causeway_testkit::e2e::{
     DeliveryReport, Load, LoadSettings, check_delivery, control_ids, listen_received, wait_until,
 };
+use causeway_testkit::pki::Pki;
 use causeway_testkit::process::Child;
 use causeway_testkit::relay::Relay;
 
@@ -501,4 +503,136 @@ fn database_outage_gets_ae_and_recovers() {
         )
     });
     assert!(node.child.terminate(Duration::from_secs(40)).success());
+}
+
+/// TLS to the database, verified against `store.tls_ca`: a private PostgreSQL server (its
+/// own data directory and port, run as the `postgres` user; the shared server is left
+/// alone) with a certificate from a throwaway CA and `sslmode=require` in the URL. The
+/// node gets ready and stores a message, over a connection PostgreSQL reports as SSL.
+#[test]
+fn tls_to_the_database_is_verified() {
+    const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+    let pki = Pki::new("db");
+    let cert = pki.server("pg");
+    let dir = tempfile::tempdir().unwrap();
+    let pg = dir.path().join("pg");
+    std::fs::create_dir(&pg).unwrap();
+    std::fs::copy(&cert.cert, pg.join("server.crt")).unwrap();
+    std::fs::copy(&cert.key, pg.join("server.key")).unwrap();
+    let as_postgres = |program: &str, args: &[&str]| {
+        let mut all = vec![
+            "--reuid=postgres",
+            "--regid=postgres",
+            "--init-groups",
+            program,
+        ];
+        all.extend_from_slice(args);
+        all.into_iter().map(str::to_owned).collect::<Vec<String>>()
+    };
+    let run = |cmd: &str, args: &[&str]| {
+        let out = Command::new(cmd).args(args).output().unwrap();
+        assert!(out.status.success(), "{cmd} {args:?}: {out:?}");
+    };
+    run("chown", &["-R", "postgres:postgres", pg.to_str().unwrap()]);
+    run("chmod", &["0700", pg.to_str().unwrap()]);
+    run("chmod", &["0600", pg.join("server.key").to_str().unwrap()]);
+    // The temporary directory itself must let the postgres user through.
+    run("chmod", &["0755", dir.path().to_str().unwrap()]);
+    let data = pg.join("data");
+    let initdb = format!("{PG_BIN}/initdb");
+    let args = as_postgres(
+        &initdb,
+        &[
+            "-D",
+            data.to_str().unwrap(),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "--no-sync",
+            "-E",
+            "UTF8",
+        ],
+    );
+    run(
+        "setpriv",
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let postgres = format!("{PG_BIN}/postgres");
+    let opt = |k: &str, v: &str| format!("{k}={v}");
+    let settings = [
+        opt("listen_addresses", "127.0.0.1"),
+        opt("unix_socket_directories", pg.to_str().unwrap()),
+        opt("ssl", "on"),
+        opt("ssl_cert_file", pg.join("server.crt").to_str().unwrap()),
+        opt("ssl_key_file", pg.join("server.key").to_str().unwrap()),
+        opt("fsync", "off"),
+    ];
+    let mut pg_args = vec![
+        "-D".to_owned(),
+        data.display().to_string(),
+        "-p".to_owned(),
+        port.to_string(),
+    ];
+    for s in &settings {
+        pg_args.push("-c".to_owned());
+        pg_args.push(s.clone());
+    }
+    let args = as_postgres(
+        &postgres,
+        &pg_args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    // setpriv execs: the child's pid is the postmaster's, so dropping it stops the server.
+    let mut server = Child::spawn(
+        "setpriv",
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    server.wait_for_line(true, WAIT, |l| l.contains("ready to accept connections"));
+
+    let d = dir.path();
+    let url = format!("postgres://postgres@127.0.0.1:{port}/postgres?sslmode=require");
+    let config = format!(
+        "[store]\npostgres = \"{url}\"\ntls_ca = {:?}\nnode_id = \"tls\"\n\n\
+         [admin]\nbind = \"127.0.0.1:0\"\n\n[[channel]]\nname = \"main\"\n\n\
+         [channel.source]\nbind = \"127.0.0.1:0\"\n\n[[channel.destination]]\n\
+         name = \"out\"\ntype = \"file\"\ndirectory = {:?}\nfilename = \"{{id}}.hl7\"\n",
+        pki.ca,
+        d.join("out"),
+    );
+    std::fs::write(d.join("tls.toml"), config).unwrap();
+    let mut node = Node::start("tls", &d.join("tls.toml"));
+    let ready = wait_until(WAIT, || (node.get("/readyz").ok()?.0 == 200).then_some(()));
+    assert!(ready.is_some(), "{}", node.child.stderr_lines().join("\n"));
+    let mut conn = MllpConn::connect(node.mllp, Duration::from_secs(10)).unwrap();
+    let reply = conn
+        .send(&causeway_testkit::e2e::load_message(0, 0))
+        .unwrap();
+    assert_eq!(
+        causeway_testkit::e2e::ack_code(&reply).as_deref(),
+        Some("AA")
+    );
+    let local = format!("postgres://postgres@127.0.0.1:{port}/postgres?sslmode=disable");
+    let ssl = psql(
+        &local,
+        "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+         WHERE a.application_name = 'causeway' AND s.ssl",
+    )
+    .unwrap();
+    assert!(
+        ssl.parse::<i64>().unwrap() >= 1,
+        "no TLS connection from the node: {ssl}"
+    );
+    let plain = psql(
+        &local,
+        "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+         WHERE a.application_name = 'causeway' AND NOT s.ssl",
+    )
+    .unwrap();
+    assert_eq!(plain, "0", "a connection from the node without TLS");
+    assert!(node.child.terminate(Duration::from_secs(40)).success());
+    // SIGTERM: PostgreSQL's smart shutdown (no clients are left).
+    assert!(server.terminate(Duration::from_secs(30)).success());
 }
