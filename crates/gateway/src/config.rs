@@ -170,8 +170,8 @@ pub struct StoreConfig {
     /// PostgreSQL: CA bundle (PEM) to verify the server's certificate with; connections use
     /// TLS (rustls) when the server offers it (say `sslmode=require` in the URL to insist).
     pub tls_ca: Option<PathBuf>,
-    /// PostgreSQL: connections for everything but ingest (which has one of its own).
-    /// Default 4.
+    /// PostgreSQL: connections for everything but ingest (which has one of its own); with
+    /// SQLite, the number of read connections. Default 4.
     #[serde(default = "default_pool_size")]
     pub pool_size: usize,
     /// PostgreSQL: longest wait to open one connection. Default `"5s"`.
