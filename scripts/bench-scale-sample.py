@@ -61,13 +61,13 @@ def commits():
         return None
 
 
-# The window: after the load generators' 1 s warm-up until half a second before they stop
+# The window: after the load generators' 1 s warm-up until a second before they stop
 # (CPU time of a process that has exited can no longer be read).
 started = time.time()
 time.sleep(1.0)
 c0, t0 = commits(), time.time()
 cpu0 = {k: cpu_of(p) for k, p in groups.items()}
-deadline = started + seconds - 0.5
+deadline = started + seconds - 1.0
 psql = subprocess.Popen(["psql", url, "-X", "-A", "-t", "-q"], stdin=subprocess.PIPE,
                         stdout=subprocess.PIPE, text=True)
 while time.time() < deadline:
