@@ -511,7 +511,13 @@ fn database_outage_gets_ae_and_recovers() {
 /// node gets ready and stores a message, over a connection PostgreSQL reports as SSL.
 #[test]
 fn tls_to_the_database_is_verified() {
-    const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+    // The newest server installed (Debian's layout: /usr/lib/postgresql/<major>/bin).
+    let pg_bin = std::fs::read_dir("/usr/lib/postgresql")
+        .expect("PostgreSQL server binaries in /usr/lib/postgresql")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .max()
+        .map(|v| format!("/usr/lib/postgresql/{v}/bin"))
+        .expect("a PostgreSQL version in /usr/lib/postgresql");
     let pki = Pki::new("db");
     let cert = pki.server("pg");
     let dir = tempfile::tempdir().unwrap();
@@ -539,7 +545,7 @@ fn tls_to_the_database_is_verified() {
     // The temporary directory itself must let the postgres user through.
     run("chmod", &["0755", dir.path().to_str().unwrap()]);
     let data = pg.join("data");
-    let initdb = format!("{PG_BIN}/initdb");
+    let initdb = format!("{pg_bin}/initdb");
     let args = as_postgres(
         &initdb,
         &[
@@ -561,7 +567,7 @@ fn tls_to_the_database_is_verified() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
-    let postgres = format!("{PG_BIN}/postgres");
+    let postgres = format!("{pg_bin}/postgres");
     let opt = |k: &str, v: &str| format!("{k}={v}");
     let settings = [
         opt("listen_addresses", "127.0.0.1"),
