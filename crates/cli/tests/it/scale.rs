@@ -319,11 +319,12 @@ fn three_nodes_one_database_kill_and_restart() {
     let balancer = Relay::start(nodes.iter().map(|n| n.as_ref().unwrap().mllp).collect());
     let load = Load::start(&LoadSettings {
         addr: balancer.addr(),
-        senders: 6,
+        // One connection per node to begin with (the relay deals them out in turn).
+        senders: 3,
         timeout: Duration::from_secs(5),
-        pause: Duration::from_millis(2),
+        pause: Duration::from_millis(5),
     });
-    wait_until(WAIT, || (acked(&load) >= 150).then_some(())).expect("load did not start");
+    wait_until(WAIT, || (acked(&load) >= 100).then_some(())).expect("load did not start");
 
     // The load is spread: every node took messages in.
     for n in nodes.iter().flatten() {
@@ -359,7 +360,7 @@ fn three_nodes_one_database_kill_and_restart() {
         "takeover took {takeover:?} with lease_timeout {lease_timeout:?}"
     );
     let before = acked(&load);
-    wait_until(WAIT, || (acked(&load) > before + 50).then_some(()))
+    wait_until(WAIT, || (acked(&load) > before + 30).then_some(()))
         .expect("ingest goes on while a node is down");
 
     // The killed node comes back; another is restarted cleanly (SIGTERM releases its
@@ -376,7 +377,7 @@ fn three_nodes_one_database_kill_and_restart() {
     let restarted = nodes[other].take().unwrap().restart();
     nodes[other] = Some(restarted);
     let before = acked(&load);
-    wait_until(WAIT, || (acked(&load) > before + 100).then_some(()))
+    wait_until(WAIT, || (acked(&load) > before + 60).then_some(()))
         .expect("ingest goes on after the restarts");
 
     let possible_duplicates: f64 = nodes
@@ -408,7 +409,7 @@ fn three_nodes_one_database_kill_and_restart() {
         drain.as_millis(),
         db.count("SELECT count(*) FROM messages WHERE duplicate_of IS NULL"),
     );
-    assert!(total > 300, "only {total} messages acknowledged");
+    assert!(total > 200, "only {total} messages acknowledged");
     assert_ok("lab", &lab);
     assert_ok("billing", &billing);
     assert!(takeovers >= 1.0, "the takeover was not counted");
