@@ -643,3 +643,83 @@ fn tls_to_the_database_is_verified() {
     // SIGTERM: PostgreSQL's smart shutdown (no clients are left).
     assert!(server.terminate(Duration::from_secs(30)).success());
 }
+
+/// A partition: the node delivering `lab` loses its database connection while another node
+/// keeps its own. The cut-off node stops delivering before its lease can expire in the
+/// database (its senders get AE), the other node takes `lab` over and delivers in order;
+/// once the connection is back the first node rejoins as a standby. Every message that got
+/// an AA anywhere is delivered, in order per sender.
+#[test]
+fn node_cut_off_from_the_database_hands_its_destination_over() {
+    let db = Schema::new();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (_lab, lab_port) = causeway_listen(&["--quiet", "--out", d.join("lab").to_str().unwrap()]);
+    let cable = Relay::start(vec![server_addr(&db.url)]);
+    let config = |id: &str, url: String| NodeConfig {
+        node_id: id.to_owned(),
+        url,
+        schema: db.name.clone(),
+        lease_timeout: "3s",
+        destinations: vec![("lab", lab_port.parse().unwrap())],
+    };
+    // The cut-off node starts first, so it takes the lease.
+    let mut a = Node::first_start(d, &config("cut", via(&db.url, cable.addr())));
+    wait_until(WAIT, || {
+        (a.leases().get("lab").map(|(n, _)| n.as_str()) == Some("cut")).then_some(())
+    })
+    .expect("the first node did not take the lease");
+    let mut b = Node::first_start(d, &config("kept", db.url.clone()));
+    let balancer = Relay::start(vec![a.mllp, b.mllp]);
+    let load = Load::start(&LoadSettings {
+        addr: balancer.addr(),
+        senders: 2,
+        timeout: Duration::from_secs(5),
+        pause: Duration::from_millis(5),
+    });
+    wait_until(WAIT, || (acked(&load) >= 60).then_some(())).expect("load did not start");
+
+    cable.cut();
+    let cut_at = Instant::now();
+    let handed_over = wait_until(WAIT, || {
+        let (holder, expired) = b.leases().get("lab").cloned()?;
+        (holder == "kept" && !expired).then(|| cut_at.elapsed())
+    })
+    .expect("the connected node did not take lab over");
+    let before = acked(&load);
+    wait_until(WAIT, || (acked(&load) > before + 30).then_some(()))
+        .expect("ingest goes on through the connected node");
+    cable.restore();
+    wait_until(WAIT, || (a.get("/readyz").ok()?.0 == 200).then_some(()))
+        .expect("the cut-off node did not recover");
+    let before = acked(&load);
+    wait_until(WAIT, || (acked(&load) > before + 30).then_some(()))
+        .expect("ingest after the connection is back");
+    let possible: f64 = [&a, &b]
+        .iter()
+        .map(|n| n.metric("causeway_lease_possible_duplicates_total", "lab"))
+        .sum();
+    let acked = load.stop();
+    let total: usize = acked.iter().map(Vec::len).sum();
+    let lab = drained(&d.join("lab"), &acked, Duration::from_secs(40));
+    eprintln!(
+        "PARTITION-SUMMARY acked={total} handover_ms={} lab_delivered={} lab_duplicates={} \
+         possible_duplicates={possible}",
+        handed_over.as_millis(),
+        lab.delivered,
+        lab.duplicates
+    );
+    assert_ok("lab", &lab);
+    assert!(
+        lab.duplicates as f64 <= possible,
+        "{} repeats, {possible} possible",
+        lab.duplicates
+    );
+    assert_eq!(
+        b.leases().get("lab").map(|(n, _)| n.clone()).as_deref(),
+        Some("kept"),
+        "the lease stays where it went"
+    );
+    assert!(a.child.terminate(Duration::from_secs(40)).success());
+    assert!(b.child.terminate(Duration::from_secs(40)).success());
+}
