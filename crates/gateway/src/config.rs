@@ -157,6 +157,110 @@ pub struct StoreConfig {
     /// Delivered messages are pruned oldest first beyond this total size. Default `"10GiB"`.
     #[serde(default = "default_max_bytes")]
     pub max_bytes: Size,
+    /// PostgreSQL instead of SQLite (`path` is then unused):
+    /// `"postgres://user:password@host:5432/dbname"`, or `"${DATABASE_URL}"` to read it
+    /// from the environment. Several gateways on one database share the work: any node
+    /// takes messages on any channel, and each destination is delivered by one node at a
+    /// time, under a lease. `?sslmode=require` refuses a server without TLS.
+    pub postgres: Option<Secret>,
+    /// PostgreSQL: keep the tables in this schema (created if missing) instead of the
+    /// server's default; every node sharing the work must name the same one. Letters,
+    /// digits and `_`.
+    pub schema: Option<String>,
+    /// PostgreSQL: CA bundle (PEM) to verify the server's certificate with; connections use
+    /// TLS (rustls) when the server offers it (say `sslmode=require` in the URL to insist).
+    pub tls_ca: Option<PathBuf>,
+    /// PostgreSQL: connections for everything but ingest (which has one of its own); with
+    /// SQLite, the number of read connections. Default 4.
+    #[serde(default = "default_pool_size")]
+    pub pool_size: usize,
+    /// PostgreSQL: longest wait to open one connection. Default `"5s"`.
+    #[serde(default = "default_pg_connect_timeout")]
+    pub connect_timeout: Dur,
+    /// PostgreSQL: longest any store call may take (waiting for a connection included);
+    /// beyond it the sender gets AE. Default `"30s"`.
+    #[serde(default = "default_pg_request_timeout")]
+    pub request_timeout: Dur,
+    /// This node's name in delivery leases (the admin API's `/api/leases` shows who holds
+    /// what). Must differ between the nodes sharing a database. Default: the host name
+    /// (with PostgreSQL, `<host name>-<pid>`, so that processes on one host differ).
+    pub node_id: Option<String>,
+    /// How long a node may be silent before another takes over its destinations. The
+    /// holder renews its leases every `lease_timeout * 0.3`; standby nodes look every
+    /// `lease_timeout / 10`. Default `"15s"`.
+    #[serde(default = "default_lease_timeout")]
+    pub lease_timeout: Dur,
+}
+
+fn default_pool_size() -> usize {
+    4
+}
+fn default_pg_connect_timeout() -> Dur {
+    Dur(Duration::from_secs(5))
+}
+fn default_pg_request_timeout() -> Dur {
+    Dur(Duration::from_secs(30))
+}
+fn default_lease_timeout() -> Dur {
+    Dur(Duration::from_secs(15))
+}
+
+impl StoreConfig {
+    /// The checks of `[store]` the types cannot make.
+    fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(url) = &self.postgres {
+            let url = url.resolve("store.postgres")?;
+            if !(url.starts_with("postgres://")
+                || url.starts_with("postgresql://")
+                || url.contains('='))
+            {
+                // Never echo the value: it may hold a password.
+                return Err(invalid(
+                    "store.postgres",
+                    "not a postgres://user:password@host:port/dbname URL",
+                ));
+            }
+        }
+        if let Some(schema) = &self.schema {
+            let ok = schema.len() <= 63
+                && schema
+                    .chars()
+                    .next()
+                    .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && schema
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !ok {
+                return Err(invalid(
+                    "store.schema",
+                    format!("{schema:?}: letters, digits and _ only, at most 63"),
+                ));
+            }
+        }
+        if self.pool_size == 0 {
+            return Err(invalid("store.pool_size", "must be at least 1"));
+        }
+        for (key, d) in [
+            ("store.connect_timeout", self.connect_timeout),
+            ("store.request_timeout", self.request_timeout),
+        ] {
+            if d.0.is_zero() {
+                return Err(invalid(key, "must not be zero"));
+            }
+        }
+        if self.lease_timeout.0 < Duration::from_secs(1) {
+            return Err(invalid("store.lease_timeout", "must be at least 1s"));
+        }
+        if let Some(id) = &self.node_id
+            && (id.is_empty() || id.len() > 128 || id.chars().any(char::is_control))
+        {
+            return Err(invalid(
+                "store.node_id",
+                "1 to 128 characters, no control characters",
+            ));
+        }
+        Ok(())
+    }
 }
 
 fn default_data_dir() -> PathBuf {
@@ -179,6 +283,14 @@ impl Default for StoreConfig {
             dedup_window: default_dedup(),
             max_age: default_max_age(),
             max_bytes: default_max_bytes(),
+            postgres: None,
+            schema: None,
+            tls_ca: None,
+            pool_size: default_pool_size(),
+            connect_timeout: default_pg_connect_timeout(),
+            request_timeout: default_pg_request_timeout(),
+            node_id: None,
+            lease_timeout: default_lease_timeout(),
         }
     }
 }
@@ -612,6 +724,7 @@ impl Config {
 
     /// Checks what the types cannot: unique names, secrets resolvable, admin exposure.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.store.validate()?;
         if self.channels.is_empty() {
             return Err(invalid(
                 "channel",
@@ -861,6 +974,66 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("channel[0].destination[1].name")
+        );
+    }
+
+    #[test]
+    fn postgres_store_keys() {
+        let base = DEFAULT_CONFIG;
+        let pg = base.replace(
+            "[store]",
+            "[store]\npostgres = \"postgres://cw:pw@db:5432/causeway\"\nschema = \"cw\"\n\
+             pool_size = 8\nnode_id = \"node-a\"\nlease_timeout = \"5s\"",
+        );
+        let c = Config::parse(&pg).unwrap();
+        assert_eq!(
+            c.store.postgres.as_ref().unwrap().resolve("k").unwrap(),
+            "postgres://cw:pw@db:5432/causeway"
+        );
+        assert_eq!(c.store.pool_size, 8);
+        assert_eq!(c.store.lease_timeout, Dur(Duration::from_secs(5)));
+        // The inline-table form.
+        let inline = base.replace(
+            "[store]\npath = \"./causeway-data\"",
+            "store = { postgres = \"postgres://db/causeway\" }",
+        );
+        assert!(Config::parse(&inline).unwrap().store.postgres.is_some());
+        // Secrets from the environment; a missing one names the variable, never a value.
+        let env = base.replace(
+            "[store]",
+            "[store]\npostgres = \"${CAUSEWAY_TEST_UNSET_DB}\"",
+        );
+        let e = Config::parse(&env).unwrap_err().to_string();
+        assert!(
+            e.starts_with("store.postgres:") && e.contains("CAUSEWAY_TEST_UNSET_DB"),
+            "{e}"
+        );
+        let bad = base.replace("[store]", "[store]\npostgres = \"mysql://u:hunter2@h/db\"");
+        let e = Config::parse(&bad).unwrap_err().to_string();
+        assert!(
+            e.starts_with("store.postgres:") && !e.contains("hunter2"),
+            "{e}"
+        );
+        let bad = base.replace("[store]", "[store]\nschema = \"a;b\"");
+        assert!(
+            Config::parse(&bad)
+                .unwrap_err()
+                .to_string()
+                .starts_with("store.schema:")
+        );
+        let bad = base.replace("[store]", "[store]\nlease_timeout = \"10ms\"");
+        assert!(
+            Config::parse(&bad)
+                .unwrap_err()
+                .to_string()
+                .starts_with("store.lease_timeout:")
+        );
+        let bad = base.replace("[store]", "[store]\npool_size = 0");
+        assert!(
+            Config::parse(&bad)
+                .unwrap_err()
+                .to_string()
+                .starts_with("store.pool_size:")
         );
     }
 

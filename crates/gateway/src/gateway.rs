@@ -9,6 +9,7 @@ use causeway_mllp::ack::ControlIds;
 use causeway_mllp::frame::FramingOptions;
 use causeway_mllp::server::{self, ServerSettings};
 use causeway_mllp::tls::{IdentityRule, ServerTls, ServerTlsSettings};
+use causeway_store::postgres::{PgSettings, PostgresStore};
 use causeway_store::sqlite::SqliteStore;
 use causeway_store::{Retention, Store, StoreSettings, Timestamp};
 use tokio::net::TcpListener;
@@ -17,7 +18,8 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::config::Config;
+use crate::config::{Config, StoreConfig};
+use crate::deliver::lease::{LeaseSettings, default_node_id};
 use crate::deliver::{Policy, Sender, Worker};
 use crate::ingest::{ChannelHandler, ChannelIngest, Route};
 use crate::metrics::{Metrics, QueueLabel};
@@ -77,6 +79,8 @@ pub struct Gateway {
     pub admin: Option<SocketAddr>,
     /// Channels whose listener stopped on its own, with why (`/readyz` reports them).
     pub listener_failures: Arc<std::sync::Mutex<BTreeMap<String, String>>>,
+    /// This node's id in the delivery leases.
+    pub node_id: String,
 }
 
 /// How long listeners may take to finish messages in hand after the stop signal.
@@ -91,21 +95,23 @@ impl Gateway {
     /// Opens the store, binds every listener and starts every worker; returns once the
     /// gateway is serving. `run` then waits for the stop signal.
     pub async fn start(config: Config) -> Result<(Arc<Gateway>, Running), GatewayError> {
-        let data = &config.store.path;
-        std::fs::create_dir_all(data).map_err(|e| GatewayError::Setup {
-            what: format!("store.path {}", data.display()),
-            reason: e.to_string(),
-        })?;
-        let db = data.join("causeway.db");
-        let settings = StoreSettings::default().dedup_window(config.store.dedup_window.0);
-        let store: Arc<dyn Store> =
-            Arc::new(SqliteStore::open(&db, settings).await.map_err(|source| {
-                GatewayError::Store {
-                    path: db.display().to_string(),
-                    source,
-                }
-            })?);
+        let store = open_store(&config.store).await?;
+        let lease = LeaseSettings {
+            node_id: config
+                .store
+                .node_id
+                .clone()
+                .unwrap_or_else(|| default_node_id(config.store.postgres.is_some())),
+            timeout: config.store.lease_timeout.0,
+        };
+        info!(node = %lease.node_id, lease_timeout_ms = lease.timeout.as_millis() as u64, "node");
         let metrics = Arc::new(Metrics::new());
+        metrics
+            .node_info
+            .get_or_create(&crate::metrics::NodeLabel {
+                node_id: lease.node_id.clone(),
+            })
+            .set(1);
         let waiters = Arc::new(Waiters::default());
         let control_ids = Arc::new(ControlIds::new());
         let stopping = CancellationToken::new();
@@ -141,6 +147,7 @@ impl Gateway {
                     wake,
                     metrics: metrics.clone(),
                     waiters: waiters.clone(),
+                    lease: lease.clone(),
                 };
                 workers.spawn(worker.run(workers_stop.clone()));
             }
@@ -257,6 +264,7 @@ impl Gateway {
             stopping: stopping.clone(),
             admin,
             listener_failures,
+            node_id: lease.node_id.clone(),
         });
         if let Some(listener) = admin_listener {
             tasks.spawn(crate::admin::serve(listener, gateway.clone())?);
@@ -271,6 +279,115 @@ impl Gateway {
             },
         ))
     }
+}
+
+/// How long `start` keeps trying to reach PostgreSQL before giving up.
+const STORE_OPEN_PATIENCE: Duration = Duration::from_secs(60);
+
+/// Opens the configured store: PostgreSQL when `store.postgres` is set, else SQLite in
+/// `store.path`. PostgreSQL out of reach at start is retried with backoff for
+/// [`STORE_OPEN_PATIENCE`] (a node started with its database is the common case in a
+/// cluster); once running, the store reconnects on its own.
+async fn open_store(c: &StoreConfig) -> Result<Arc<dyn Store>, GatewayError> {
+    let settings = StoreSettings::default()
+        .dedup_window(c.dedup_window.0)
+        .read_connections(c.pool_size);
+    let Some(url) = &c.postgres else {
+        let data = &c.path;
+        std::fs::create_dir_all(data).map_err(|e| GatewayError::Setup {
+            what: format!("store.path {}", data.display()),
+            reason: e.to_string(),
+        })?;
+        let db = data.join("causeway.db");
+        let store =
+            SqliteStore::open(&db, settings)
+                .await
+                .map_err(|source| GatewayError::Store {
+                    path: db.display().to_string(),
+                    source,
+                })?;
+        return Ok(Arc::new(store));
+    };
+    let setup = |reason: String| GatewayError::Setup {
+        what: "store.postgres".to_owned(),
+        reason,
+    };
+    let url = url
+        .resolve("store.postgres")
+        .map_err(|e| setup(e.to_string()))?;
+    let mut pg = PgSettings::new(&url)
+        .map_err(|e| setup(e.to_string()))?
+        .connect_timeout(c.connect_timeout.0)
+        .request_timeout(c.request_timeout.0);
+    if let Some(schema) = &c.schema {
+        pg = pg.schema(schema.clone());
+    }
+    if let Some(ca) = &c.tls_ca {
+        pg = pg.tls(pg_tls(ca).map_err(|reason| GatewayError::Setup {
+            what: format!("store.tls_ca {}", ca.display()),
+            reason,
+        })?);
+    }
+    let target = format!("{pg:?}");
+    let started = std::time::Instant::now();
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        match PostgresStore::open(pg.clone(), settings.clone()).await {
+            Ok(store) => {
+                info!(database = %target, "store: PostgreSQL");
+                return Ok(Arc::new(store));
+            }
+            Err(e) if e.is_store_failure() && started.elapsed() < STORE_OPEN_PATIENCE => {
+                warn!(error = %error_chain(&e), retry_in_ms = backoff.as_millis() as u64, "cannot reach PostgreSQL; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+            Err(e) => {
+                return Err(GatewayError::Setup {
+                    what: format!("cannot open the store at {target}"),
+                    reason: error_chain(&e),
+                });
+            }
+        }
+    }
+}
+
+/// An error with its sources, `outer: inner: innermost` (a refused TLS certificate or
+/// password is in the sources, not in the store's own message).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let more = s.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = s.source();
+    }
+    text
+}
+
+/// A rustls client configuration (ring) trusting the CA bundle at `ca`.
+fn pg_tls(ca: &std::path::Path) -> Result<Arc<rustls::ClientConfig>, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).map_err(|e| e.to_string())? {
+        roots
+            .add(cert.map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+    }
+    if roots.is_empty() {
+        return Err("no certificate in the file".to_owned());
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
 }
 
 /// The gateway's tasks, to wait for at shutdown.

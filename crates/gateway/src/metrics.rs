@@ -88,6 +88,23 @@ pub struct Metrics {
     pub connections_refused: Family<ChannelLabel, Counter>,
     /// Framing anomalies (stray bytes, oversized frames, missing end blocks, ...).
     pub framing_anomalies: Family<FramingLabel, Counter>,
+    /// 1 while this node holds the destination's delivery lease, else 0.
+    pub lease_held: Family<QueueLabel, Gauge>,
+    /// Leases this node took over from a node (or an earlier run of itself) that had not
+    /// released them.
+    pub lease_takeovers: Family<QueueLabel, Counter>,
+    /// Queue heads delivered after a takeover that the previous holder may already have
+    /// sent (in flight when it stopped): at most one per takeover.
+    pub lease_possible_duplicates: Family<QueueLabel, Counter>,
+    /// Always 1, labelled with this node's id (`store.node_id`).
+    pub node_info: Family<NodeLabel, Gauge>,
+}
+
+/// `{node_id}`
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NodeLabel {
+    /// This node's id in the delivery leases.
+    pub node_id: String,
 }
 
 fn histogram() -> Histogram {
@@ -122,6 +139,10 @@ impl Metrics {
             open_connections: Family::default(),
             connections_refused: Family::default(),
             framing_anomalies: Family::default(),
+            lease_held: Family::default(),
+            lease_takeovers: Family::default(),
+            lease_possible_duplicates: Family::default(),
+            node_info: Family::default(),
         }
     }
 
@@ -198,6 +219,53 @@ impl Metrics {
             "Age of the oldest waiting delivery, by destination",
             self.oldest_pending_seconds.clone(),
         );
+        r.register(
+            "lease_held",
+            "1 while this node holds the destination's delivery lease",
+            self.lease_held.clone(),
+        );
+        r.register(
+            "lease_takeovers",
+            "Delivery leases taken over from a node that had not released them",
+            self.lease_takeovers.clone(),
+        );
+        r.register(
+            "lease_possible_duplicates",
+            "Queue heads re-sent after a lease takeover that the previous holder may have sent",
+            self.lease_possible_duplicates.clone(),
+        );
+        r.register(
+            "node_info",
+            "This node's id in the delivery leases",
+            self.node_info.clone(),
+        );
+    }
+
+    /// Whether this node holds `destination`'s lease.
+    pub fn lease_held(&self, destination: &str, held: bool) {
+        self.lease_held
+            .get_or_create(&QueueLabel {
+                destination: destination.to_owned(),
+            })
+            .set(i64::from(held));
+    }
+
+    /// A lease was taken over.
+    pub fn lease_takeover(&self, destination: &str) {
+        self.lease_takeovers
+            .get_or_create(&QueueLabel {
+                destination: destination.to_owned(),
+            })
+            .inc();
+    }
+
+    /// A head was re-sent after a takeover.
+    pub fn lease_possible_duplicate(&self, destination: &str) {
+        self.lease_possible_duplicates
+            .get_or_create(&QueueLabel {
+                destination: destination.to_owned(),
+            })
+            .inc();
     }
 
     fn ch(channel: &str) -> ChannelLabel {

@@ -6,6 +6,7 @@
 //!   senders, readers of what destinations received, and the delivery check.
 //! - [`pki`]: throwaway certificate authorities and certificates (rcgen, ring).
 //! - [`process`]: run the `causeway` binary and the Python peers as child processes.
+//! - [`relay`]: a TCP relay: a load balancer in front of gateways, or a cable to cut.
 //! - `src/bin/`: `mllp-load` (load generator) and `mllp-ref-server` (benchmark reference).
 //! - `python/`: the python-hl7 peers used by interop tests, and `http_sink.py`, the HTTP
 //!   destination of the gateway's tests.
@@ -14,3 +15,4 @@ pub mod corpus;
 pub mod e2e;
 pub mod pki;
 pub mod process;
+pub mod relay;

@@ -57,7 +57,11 @@ pub async fn run(args: &Args) -> anyhow::Result<ExitCode> {
         Ok(c) => c,
         Err(code) => return Ok(code),
     };
-    let data = config.store.path.clone();
+    let data = match (&config.store.postgres, &config.store.schema) {
+        (Some(_), Some(schema)) => format!("PostgreSQL (schema {schema})"),
+        (Some(_), None) => "PostgreSQL".to_owned(),
+        (None, _) => config.store.path.display().to_string(),
+    };
     let (gateway, running) = match Gateway::start(config).await {
         Ok(started) => started,
         Err(e) => {
@@ -78,7 +82,7 @@ pub async fn run(args: &Args) -> anyhow::Result<ExitCode> {
             dests.join(", ")
         );
     }
-    eprintln!("causeway: data in {}", data.display());
+    eprintln!("causeway: data in {data}; node {}", gateway.node_id);
     if let Some(addr) = gateway.admin_addr() {
         eprintln!("causeway: admin API on http://{addr} (/healthz /readyz /metrics /api)");
     }

@@ -5,9 +5,11 @@
 // These tests drive processes synchronously: there is no async runtime to block.
 #![allow(clippy::disallowed_methods)]
 
+mod deploy;
 mod doctor;
 mod example;
 mod interop;
 mod parse;
+mod scale;
 mod serve;
 mod support;

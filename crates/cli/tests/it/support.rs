@@ -1,5 +1,7 @@
 //! Helpers shared by the binary's test modules.
 
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use causeway_testkit::process::Child;
@@ -21,4 +23,25 @@ pub fn causeway_listen(extra: &[&str]) -> (Child, String) {
         .unwrap_or_else(|| panic!("no port in {line:?}"))
         .to_owned();
     (child, port)
+}
+
+/// A GET over HTTP/1.1 (the admin API): (status, body).
+pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or(String::new(), |(_, b)| b.to_owned());
+    Ok((status, body))
 }

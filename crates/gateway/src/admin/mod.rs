@@ -169,6 +169,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/quarantine"),
     ("get", "/api/audit"),
     ("post", "/api/doctor"),
+    ("get", "/api/leases"),
 ];
 
 /// The whole API.
@@ -193,6 +194,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/quarantine", get(status::quarantine))
         .route("/api/audit", get(status::audit))
         .route("/api/doctor", post(doctor::doctor))
+        .route("/api/leases", get(status::leases))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,

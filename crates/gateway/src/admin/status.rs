@@ -329,6 +329,31 @@ pub async fn audit(
     Ok(Json(json!({ "entries": entries })))
 }
 
+/// `GET /api/leases`: which node delivers which destination. Every lease in the store,
+/// expired ones included (a node that stopped without releasing), with this node's id.
+pub async fn leases(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let gateway = &state.gateway;
+    let leases = gateway.store.leases().await?;
+    let now = Timestamp::from(SystemTime::now());
+    let leases: Vec<Value> = leases
+        .iter()
+        .map(|l| {
+            json!({
+                "destination": l.destination,
+                "node_id": l.node_id,
+                "expires_at": time::format(l.expires_at),
+                "expired": l.expires_at <= now,
+                "this_node": l.node_id == gateway.node_id,
+            })
+        })
+        .collect();
+    Ok(Json(json!({
+        "node_id": gateway.node_id,
+        "lease_timeout_ms": gateway.config.store.lease_timeout.0.as_millis() as u64,
+        "leases": leases,
+    })))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,12 +3,17 @@
 //! exponential backoff and jitter) before anything behind it, unless the destination
 //! dead-letters after `max_attempts`.
 //!
+//! A worker delivers only while its node holds the destination's lease ([`lease`]), so
+//! that of several gateways sharing one store exactly one sends each queue.
+//!
 //! # Layout
 //! - [`mllp`], [`http`], [`file`]: the three kinds of destination.
+//! - [`lease`]: the delivery lease of a destination.
 //! - [`Worker`]: the loop around them.
 
 pub mod file;
 pub mod http;
+pub mod lease;
 pub mod mllp;
 
 use std::sync::Arc;
@@ -133,6 +138,8 @@ pub struct Worker {
     pub metrics: Arc<Metrics>,
     /// `after_delivery` acknowledgements waiting for this destination's outcome.
     pub waiters: Arc<Waiters>,
+    /// This node's id and the lease timing.
+    pub lease: lease::LeaseSettings,
 }
 
 /// How often an idle worker looks at its queue even without a wake-up (replays and retries
@@ -148,11 +155,22 @@ fn now() -> Timestamp {
 impl Worker {
     /// Delivers until `stop` is cancelled; finishes the attempt in hand first.
     pub async fn run(mut self, stop: CancellationToken) {
-        info!(destination = %self.name, "delivery worker started");
+        info!(destination = %self.name, node = %self.lease.node_id, "delivery worker started");
+        let lease = lease::LeaseKeeper::start(
+            self.store.clone(),
+            self.name.clone(),
+            self.lease.clone(),
+            self.metrics.clone(),
+        );
         let mut store_backoff = Duration::from_millis(100);
         loop {
             if stop.is_cancelled() {
                 break;
+            }
+            if !lease.may_deliver() {
+                // Another node delivers (or the store is out of reach): stand by.
+                lease.wait(self.lease.standby_poll(), &stop).await;
+                continue;
             }
             let batch = match self.store.next_pending(&self.name, now(), BATCH).await {
                 Ok(batch) => {
@@ -170,6 +188,7 @@ impl Worker {
                 }
             };
             if batch.is_empty() {
+                lease.clear_suspect();
                 tokio::select! {
                     () = stop.cancelled() => break,
                     () = self.wake.notified() => {}
@@ -178,8 +197,12 @@ impl Worker {
                 continue;
             }
             for pending in batch {
-                if stop.is_cancelled() {
+                if stop.is_cancelled() || !lease.may_deliver() {
                     break;
+                }
+                if let Some(previous) = lease.take_suspect() {
+                    warn!(destination = %self.name, message_id = pending.message_id.0, control_id = %pending.control_id, %previous, "possible duplicate: sending the queue head after a lease takeover; the previous holder may have sent it before it stopped");
+                    self.metrics.lease_possible_duplicate(&self.name);
                 }
                 if !self.attempt(pending).await {
                     // The head failed: nothing behind it goes before its retry time.
@@ -187,6 +210,8 @@ impl Worker {
                 }
             }
         }
+        // After the last attempt is recorded: another node may take over at once.
+        lease.release().await;
         info!(destination = %self.name, "delivery worker stopped");
     }
 

@@ -246,6 +246,29 @@ async fn probes_metrics_and_channels() {
     assert!(d["delivered"].as_u64().unwrap() >= 1);
 
     // Unknown routes and methods answer in JSON too.
+    // The delivery lease: this node (SQLite: one node) holds the destination's.
+    let leases = eventually(|| async {
+        let r = h.get("/api/leases").await;
+        (r.status == StatusCode::OK && r.json()["leases"].as_array().is_some_and(|l| !l.is_empty()))
+            .then_some(r.json())
+    })
+    .await;
+    assert_eq!(leases["node_id"], h.gateway.node_id.as_str());
+    let lease = &leases["leases"][0];
+    assert_eq!(lease["destination"], "outbox");
+    assert_eq!(lease["node_id"], h.gateway.node_id.as_str());
+    assert_eq!(lease["this_node"], true);
+    assert_eq!(lease["expired"], false);
+    let metrics = h.get("/metrics").await.text;
+    assert!(
+        metrics.contains("causeway_lease_held{destination=\"outbox\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains(&format!(
+        "causeway_node_info{{node_id=\"{}\"}} 1",
+        h.gateway.node_id
+    )));
+
     let missing = h.get("/api/nothing").await;
     assert_eq!(missing.status, StatusCode::NOT_FOUND);
     assert!(missing.json()["error"].is_string());

@@ -14,9 +14,10 @@
 //!
 //! # Several nodes
 //! Nodes sharing the database coordinate only through it: queue order comes from the
-//! `deliveries` id sequence (see [`schema`] for what that means across nodes), writes
-//! that read-then-change lock the rows they change, and a destination's delivery is
-//! meant to be driven by the node holding its lease.
+//! `deliveries` id sequence, drawn and committed under one advisory lock per schema so
+//! that ids become visible in order whichever node drew them (see [`schema`]); writes
+//! that read-then-change lock the rows they change; and a destination's delivery is
+//! driven by the node holding its lease (the gateway's delivery workers).
 //!
 //! # Failures and bounds
 //! Every call is bounded by [`PgSettings::request_timeout`] (waiting for a connection,

@@ -22,6 +22,26 @@ use crate::types::{
     QuarantinePage, QuarantineRecord, SearchPage, SearchQuery, Timestamp,
 };
 
+// === the queue lock ===
+
+/// `BEGIN` and the queue lock, for a transaction that inserts deliveries. Every such
+/// transaction (ingest batches, replays) takes it before drawing its first delivery id
+/// and holds it to its commit, so delivery ids become visible in id order across nodes.
+/// The number is [`super::schema::QUEUE_LOCK`] (simple protocol: no parameters).
+pub(super) const BEGIN_LOCK_QUEUE: &str =
+    "BEGIN; SELECT pg_advisory_xact_lock(1129795925, hashtext(current_schema()))";
+
+/// Takes the queue lock inside the caller's transaction.
+async fn lock_queue(c: &mut PgConn) -> Result<()> {
+    c.execute(
+        "take queue lock",
+        "SELECT pg_advisory_xact_lock($1, hashtext(current_schema()))",
+        &[&super::schema::QUEUE_LOCK],
+    )
+    .await?;
+    Ok(())
+}
+
 // === writes (in a transaction unless noted) ===
 
 /// Autocommit: one insert.
@@ -181,6 +201,7 @@ pub(super) async fn replay(
     destination: Option<&str>,
     at: Timestamp,
 ) -> Result<Vec<DeliveryId>> {
+    lock_queue(c).await?;
     if lock_messages(c, &[message.0]).await?.is_empty() {
         return Err(StoreError::NotFound {
             what: "message",
@@ -261,6 +282,7 @@ pub(super) async fn replay_dead_letters(
     let mut messages: Vec<i64> = dead.iter().map(|&(_, m)| m).collect();
     messages.sort_unstable();
     messages.dedup();
+    lock_queue(c).await?;
     lock_messages(c, &messages).await?;
     // Read again under the locks: another node may have replayed some meanwhile.
     let dead = dead_letters(c, &destination).await?;
@@ -887,4 +909,13 @@ fn non_negative(v: i64) -> u64 {
 /// The `attempts` column (`integer`).
 fn count(v: i32) -> Result<u32> {
     u32::try_from(v).map_err(|_| StoreError::Corrupt(format!("attempt count {v}")))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn begin_lock_queue_names_the_queue_lock() {
+        let key = super::super::schema::QUEUE_LOCK.to_string();
+        assert!(super::BEGIN_LOCK_QUEUE.contains(&format!("({key}, hashtext(current_schema()))")));
+    }
 }

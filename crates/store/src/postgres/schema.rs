@@ -67,11 +67,25 @@
 //!   replay on another node cannot lose its delivery to a prune.
 //!
 //! # Queue order across nodes
-//! A delivery's id is taken when it is inserted, and transactions commit in their own
-//! time: a delivery inserted by node A may become visible after a higher id committed by
-//! node B. Within a node (one writer, one transaction at a time) ids are visible in
-//! order; across nodes, ordering holds for what is committed, and a delivery worker
-//! reads in id order whatever is visible.
+//! A delivery's id is drawn from its sequence when the row is inserted, but becomes
+//! visible only when its transaction commits. Without more, two nodes ingesting at once
+//! could commit out of id order: node A draws 10, node B draws 11 and commits first, a
+//! delivery worker delivers 11, and then 10 appears *behind* the head, delivered out of
+//! order (or, by a worker that remembered its position, never).
+//!
+//! So every transaction that inserts deliveries (an ingest batch, a replay) first takes
+//! `pg_advisory_xact_lock(QUEUE_LOCK, hashtext(<schema>))` and holds it to its commit.
+//! PostgreSQL makes a committed transaction visible before it releases its locks, so
+//! when the next holder draws its first id, every lower id is either visible or rolled
+//! back for good: a reader that sees id `n` sees every committed id below `n`. The queue
+//! is then the same sequence on every node, and a delivery worker reading the head in id
+//! order never meets a delivery that should have gone before one it already sent.
+//!
+//! The price is that ingest commits of all nodes on one schema are serialized (each node
+//! still batches many messages per commit, so the lock is taken once per batch, not once
+//! per message); docs/BENCHMARKS.md measures it. The alternative, delivering only below a
+//! visibility horizon computed from `pg_current_snapshot()`, keeps commits parallel but
+//! needs the ids of transactions still in progress, which PostgreSQL does not expose.
 
 use tokio_postgres::Client;
 
@@ -83,6 +97,10 @@ pub const CURRENT_VERSION: i64 = 1;
 
 /// First key of the migration advisory lock ("CWMG"); the second is the schema's hash.
 pub const MIGRATION_LOCK: i32 = 0x4357_4d47;
+
+/// First key of the queue advisory lock ("CWQU"), taken by every transaction that
+/// inserts deliveries; the second is the schema's hash (see "Queue order across nodes").
+pub const QUEUE_LOCK: i32 = 0x4357_5155;
 
 /// Migrations in order; migration `i` brings the schema to version `i + 1`.
 const MIGRATIONS: &[&str] = &[V1];
@@ -225,6 +243,9 @@ pub async fn migrate(client: &mut Client, schema: Option<&str>, now_ms: i64) -> 
         .try_get(0)
         .map_err(pg_err("read schema version"))?;
     if found > CURRENT_VERSION {
+        // Roll back before answering, so the connection holds no lock on the schema
+        // after the caller gives up (it may not poll it again).
+        let _ = tx.rollback().await;
         return Err(StoreError::SchemaTooNew {
             found,
             supported: CURRENT_VERSION,

@@ -1,12 +1,13 @@
 //! The writer task: group commit of ingests.
 //!
-//! Each batch is one transaction on the writer's own connection: `BEGIN`; one
-//! statement per ingest, all sent before the first answer comes back
-//! (pipelined: one round trip for the batch, executed in queue order, each seeing the
-//! ones before it, so a resend in the same batch finds its original); the batch's bytes
-//! added to `totals` and `COMMIT` in one round trip. Any failure fails the whole batch
-//! with `Unavailable` and drops the connection (the server rolls back); the next batch
-//! reconnects.
+//! Each batch is one transaction on the writer's own connection, all of it sent before
+//! the first answer is read (pipelined: one round trip per batch): `BEGIN` and the queue
+//! lock (`pg_advisory_xact_lock`, one per schema, so that delivery ids become visible in
+//! id order across nodes: see [`super::schema`]); one statement per ingest, executed in
+//! queue order, each seeing the ones before it (a resend in the same batch finds its
+//! original); the batch's bytes added to `totals`; `COMMIT`. Any failure aborts the
+//! transaction, so the statements after it and the `COMMIT` fail too; the whole batch
+//! fails with `Unavailable` and the connection is dropped; the next batch reconnects.
 
 use std::borrow::Cow;
 use std::collections::HashSet;
@@ -233,15 +234,29 @@ async fn run_batch(w: &mut Writer, jobs: &[IngestJob]) -> Result<Vec<Ingested>> 
         Some(c) if !c.client.is_closed() => c,
         slot => slot.insert(w.connector.connect().await?),
     };
-    conn.begin().await?;
     let stmt = conn.statement(INGEST).await?;
     let rows: Vec<IngestParams<'_>> = jobs
         .iter()
         .map(|j| IngestParams::new(j, w.dedup_window, &w.known_destinations))
         .collect();
     let params: Vec<[&(dyn ToSql + Sync); 20]> = rows.iter().map(IngestParams::params).collect();
+    let bytes: i64 = rows.iter().map(|r| r.size).sum();
+    let commit_sql =
+        format!("UPDATE totals SET message_bytes = message_bytes + {bytes} WHERE id = 1; COMMIT");
+    // The whole batch in one round trip: BEGIN and the queue lock (taken before any
+    // delivery id is drawn; see `schema`, "Queue order across nodes"), the inserts, the
+    // totals and COMMIT, all sent before the first answer is read. So the lock is held for
+    // the server's work and the WAL flush only, never for a network round trip. If any
+    // statement fails, the transaction is aborted and what follows, COMMIT included, fails
+    // too: nothing of the batch is committed.
+    conn.in_tx = true;
     let client = &conn.client;
-    let answers = join_all(params.iter().map(|p| client.query_one(&stmt, p))).await;
+    let (begun, answers, committed) = tokio::join!(
+        client.batch_execute(super::ops::BEGIN_LOCK_QUEUE),
+        join_all(params.iter().map(|p| client.query_one(&stmt, p))),
+        client.batch_execute(&commit_sql),
+    );
+    begun.map_err(pg_err("begin"))?;
     let mut out = Vec::with_capacity(jobs.len());
     let mut new_destinations = Vec::new();
     for (answer, job) in answers.into_iter().zip(jobs) {
@@ -261,13 +276,7 @@ async fn run_batch(w: &mut Writer, jobs: &[IngestJob]) -> Result<Vec<Ingested>> 
             deliveries: deliveries.into_iter().map(DeliveryId).collect(),
         });
     }
-    let bytes: i64 = rows.iter().map(|r| r.size).sum();
-    conn.client
-        .batch_execute(&format!(
-            "UPDATE totals SET message_bytes = message_bytes + {bytes} WHERE id = 1; COMMIT"
-        ))
-        .await
-        .map_err(pg_err("commit"))?;
+    committed.map_err(pg_err("commit"))?;
     conn.in_tx = false;
     let new_destinations: Vec<String> = new_destinations.into_iter().cloned().collect();
     w.known_destinations.extend(new_destinations);

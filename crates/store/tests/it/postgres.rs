@@ -283,6 +283,143 @@ mod server {
         assert!(matches!(again, Err(StoreError::Conflict(_))), "{again:?}");
     }
 
+    /// The ordering gap between nodes: node A's batch has drawn its delivery id and is
+    /// held up before its commit (a trigger sleeps), while node B ingests. B's delivery
+    /// must never be visible without A's before it, or a worker would deliver B's and
+    /// then find A's behind the head. With the queue lock B's commit waits for A's.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn delivery_ids_become_visible_in_id_order_across_nodes() {
+        let backend = TempPg::new();
+        let a = Arc::new(backend.open(StoreSettings::default()).await.unwrap());
+        let b = Arc::new(backend.open(StoreSettings::default()).await.unwrap());
+        backend.query_i64(
+            "CREATE FUNCTION slow_delivery() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 IF (SELECT control_id FROM messages WHERE id = NEW.message_id) LIKE 'SLOW%'
+                 THEN PERFORM pg_sleep(1.5); END IF;
+                 RETURN NULL;
+             END $$;
+             CREATE TRIGGER slow AFTER INSERT ON deliveries
+                 FOR EACH ROW EXECUTE FUNCTION slow_delivery();
+             SELECT 1",
+        );
+        // The destination's name is already committed: a first insert of it would make B
+        // wait for A on the unique index, hiding the gap.
+        let warm = a
+            .ingest(message("ch", "WARM", &["d"], at(0)))
+            .await
+            .unwrap();
+        a.record_attempt(warm.deliveries[0], at(0), AttemptResult::delivered())
+            .await
+            .unwrap();
+        b.ingest(message("ch", "WARM", &["d"], at(0)))
+            .await
+            .unwrap();
+        let slow = tokio::spawn({
+            let a = Arc::clone(&a);
+            async move { a.ingest(message("ch", "SLOW-1", &["d"], at(0))).await }
+        });
+        // Let A's batch draw its id and reach the trigger.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let fast = tokio::spawn({
+            let b = Arc::clone(&b);
+            async move { b.ingest(message("ch", "FAST-1", &["d"], at(0))).await }
+        });
+        let mut reads = 0;
+        let started = Instant::now();
+        while !(slow.is_finished() && fast.is_finished()) {
+            assert!(started.elapsed() < Duration::from_secs(10), "ingests hang");
+            let queue: Vec<String> = a
+                .next_pending("d", at(1), 10)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|p| p.control_id)
+                .collect();
+            assert!(
+                queue.is_empty() || queue == ["SLOW-1"] || queue == ["SLOW-1", "FAST-1"],
+                "a reader saw {queue:?}: a later delivery became visible before an earlier one"
+            );
+            reads += 1;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(
+            reads > 10,
+            "the reader looked while A was held up ({reads} reads)"
+        );
+        let slow = slow.await.unwrap().unwrap();
+        let fast = fast.await.unwrap().unwrap();
+        assert!(slow.deliveries[0] < fast.deliveries[0]);
+        let queue: Vec<String> = b
+            .next_pending("d", at(1), 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|p| p.control_id)
+            .collect();
+        assert_eq!(queue, ["SLOW-1", "FAST-1"]);
+    }
+
+    /// Four nodes ingest at once while a worker takes the head of the queue as it
+    /// appears and settles it: every delivery it sees has a higher id than the last one
+    /// it settled, and in the end it has settled every delivery, in id order.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_nodes_never_commit_behind_the_head() {
+        let backend = TempPg::new();
+        let mut nodes = Vec::new();
+        for _ in 0..4 {
+            nodes.push(Arc::new(
+                backend.open(StoreSettings::default()).await.unwrap(),
+            ));
+        }
+        let mut writers = Vec::new();
+        for t in 0..16 {
+            let store = Arc::clone(&nodes[t % 4]);
+            writers.push(tokio::spawn(async move {
+                for i in 0..25 {
+                    store
+                        .ingest(message("ch", &format!("C{t}-{i}"), &["d"], at(0)))
+                        .await
+                        .unwrap();
+                }
+            }));
+        }
+        let reader = Arc::clone(&nodes[0]);
+        let mut last = 0i64;
+        let mut settled = Vec::new();
+        let started = Instant::now();
+        while settled.len() < 16 * 25 {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "{} settled",
+                settled.len()
+            );
+            for p in reader.next_pending("d", at(1), 50).await.unwrap() {
+                assert!(
+                    p.id.0 > last,
+                    "delivery {} became visible after {last} was settled",
+                    p.id.0
+                );
+                reader
+                    .record_attempt(p.id, at(1), AttemptResult::delivered())
+                    .await
+                    .unwrap();
+                last = p.id.0;
+                settled.push(p.id.0);
+            }
+        }
+        for w in writers {
+            w.await.unwrap();
+        }
+        assert!(
+            reader
+                .next_pending("d", at(2), 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+
     /// Nodes racing for one free lease: exactly one gets it.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn lease_race_has_one_winner() {

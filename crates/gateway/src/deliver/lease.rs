@@ -1,0 +1,318 @@
+//! Delivery leases: each destination is delivered by one node at a time.
+//!
+//! Several gateways may share one store (PostgreSQL). Any of them takes messages in, but a
+//! destination's queue must be sent by one node only, or order is lost. So each node's
+//! worker for a destination delivers only while its node holds the destination's lease in
+//! the store ([`Store::acquire_lease`]). A [`LeaseKeeper`] task per destination does the
+//! bookkeeping, apart from the worker so that a long send never delays a renewal:
+//!
+//! - Not held: it tries to take the lease every `lease_timeout / 10`. The store gives it
+//!   only when it is free, expired, or already this node's.
+//! - Held: it renews every `lease_timeout * 0.3`, for `lease_timeout * 0.9` each time. A
+//!   node that dies stops renewing, its lease expires, and a standby takes it within
+//!   `lease_timeout` of the last renewal.
+//! - The worker starts an attempt only while the lease has more than a renewal interval
+//!   left by the node's own monotonic clock, counted from when the renewal was *asked*
+//!   for. A node cut off from the database therefore stops delivering before its lease
+//!   can expire in the database and be taken by another node (given clocks in step: the
+//!   store compares wall-clock times written by different nodes).
+//! - On a clean stop the worker finishes its attempt in hand and the lease is released,
+//!   so another node takes over within `lease_timeout / 10`.
+//!
+//! After taking over a lease another node (or an earlier run of this one) did not
+//! release, the head of the queue may have been in flight there when it stopped: the
+//! destination then gets it twice. That first delivery is logged and counted
+//! (`causeway_lease_possible_duplicates`). It is the only repeat a takeover can cause: a
+//! worker has at most one attempt in flight.
+//!
+//! With SQLite (one node) the same logic runs and the node always holds every lease.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use causeway_store::{Store, Timestamp};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::metrics::Metrics;
+
+/// This node's identity and the lease timing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseSettings {
+    /// This node's name in the `leases` table; unique among the nodes sharing a store.
+    pub node_id: String,
+    /// How long a silent node keeps its destinations before another takes over.
+    pub timeout: Duration,
+}
+
+impl LeaseSettings {
+    /// How long one acquisition or renewal holds: 0.9 × the timeout.
+    pub fn ttl(&self) -> Duration {
+        self.timeout.mul_f64(0.9)
+    }
+
+    /// How often the holder renews: 0.3 × the timeout (a third of the ttl).
+    pub fn renew_every(&self) -> Duration {
+        self.timeout.mul_f64(0.3)
+    }
+
+    /// How often a node without the lease tries to take it: 0.1 × the timeout.
+    pub fn standby_poll(&self) -> Duration {
+        self.timeout.mul_f64(0.1)
+    }
+}
+
+/// The default node id: the host name, with `-<pid>` when `with_pid` (several processes on
+/// one host sharing a database must differ).
+pub fn default_node_id(with_pid: bool) -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.trim().is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        })
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "causeway".to_owned());
+    if with_pid {
+        format!("{host}-{}", std::process::id())
+    } else {
+        host
+    }
+}
+
+fn now() -> Timestamp {
+    Timestamp::from(SystemTime::now())
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Held until then (monotonic clock); `None` when not held.
+    held_until: Option<Instant>,
+    /// Held at some point by this process.
+    ever_held: bool,
+    /// The node that held the lease before this one took it over without a release.
+    suspect: Option<String>,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    state: Mutex<State>,
+    /// Woken when the lease is taken.
+    acquired: Notify,
+}
+
+impl Shared {
+    fn with<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
+        // Held for a few field accesses, never across an await.
+        match self.state.lock() {
+            Ok(mut s) => f(&mut s),
+            Err(poisoned) => f(&mut poisoned.into_inner()),
+        }
+    }
+}
+
+/// Keeps one destination's lease for this node; see the module docs.
+#[derive(Debug)]
+pub struct LeaseKeeper {
+    shared: Arc<Shared>,
+    settings: LeaseSettings,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl LeaseKeeper {
+    /// Starts the keeper task of `destination` (inside a tokio runtime).
+    pub fn start(
+        store: Arc<dyn Store>,
+        destination: String,
+        settings: LeaseSettings,
+        metrics: Arc<Metrics>,
+    ) -> LeaseKeeper {
+        let shared = Arc::new(Shared::default());
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(keep(Keep {
+            store,
+            destination,
+            settings: settings.clone(),
+            metrics,
+            shared: Arc::clone(&shared),
+            stop: stop.clone(),
+        }));
+        LeaseKeeper {
+            shared,
+            settings,
+            stop,
+            task,
+        }
+    }
+
+    /// True when this node holds the lease with more than a renewal interval left: an
+    /// attempt may start.
+    pub fn may_deliver(&self) -> bool {
+        let margin = self.settings.renew_every();
+        self.shared.with(|s| {
+            s.held_until
+                .is_some_and(|until| Instant::now() + margin < until)
+        })
+    }
+
+    /// Waits until the lease is taken, `max` passes or `stop` is cancelled.
+    pub async fn wait(&self, max: Duration, stop: &CancellationToken) {
+        tokio::select! {
+            () = stop.cancelled() => {}
+            () = self.shared.acquired.notified() => {}
+            () = tokio::time::sleep(max) => {}
+        }
+    }
+
+    /// The node the lease was taken over from, once, if the queue head may have been in
+    /// flight there.
+    pub fn take_suspect(&self) -> Option<String> {
+        self.shared.with(|s| s.suspect.take())
+    }
+
+    /// The queue was empty: nothing was in flight at the previous holder.
+    pub fn clear_suspect(&self) {
+        self.shared.with(|s| s.suspect = None);
+    }
+
+    /// Stops renewing and releases the lease (after the worker's last attempt), so another
+    /// node takes over at once.
+    pub async fn release(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+}
+
+struct Keep {
+    store: Arc<dyn Store>,
+    destination: String,
+    settings: LeaseSettings,
+    metrics: Arc<Metrics>,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+}
+
+async fn keep(k: Keep) {
+    let mut held = false;
+    loop {
+        held = refresh(&k, held).await;
+        let wait = if held {
+            k.settings.renew_every()
+        } else {
+            k.settings.standby_poll()
+        };
+        tokio::select! {
+            () = k.stop.cancelled() => break,
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
+    k.shared.with(|s| s.held_until = None);
+    k.metrics.lease_held(&k.destination, false);
+    if held {
+        let released = tokio::time::timeout(
+            Duration::from_secs(5),
+            k.store.release_lease(&k.destination, &k.settings.node_id),
+        )
+        .await;
+        match released {
+            Ok(Ok(_)) => {
+                info!(destination = %k.destination, node = %k.settings.node_id, "delivery lease released")
+            }
+            Ok(Err(error)) => {
+                warn!(destination = %k.destination, %error, "cannot release the delivery lease; it expires on its own")
+            }
+            Err(_) => {
+                warn!(destination = %k.destination, "releasing the delivery lease timed out; it expires on its own")
+            }
+        }
+    }
+}
+
+/// One acquisition or renewal; returns whether the lease is held now.
+async fn refresh(k: &Keep, was_held: bool) -> bool {
+    let node = &k.settings.node_id;
+    // Who had it, to tell a takeover from a fresh start. Only asked while standing by.
+    let previous = if was_held {
+        None
+    } else {
+        match k.store.leases().await {
+            Ok(leases) => leases.into_iter().find(|l| l.destination == k.destination),
+            Err(error) => {
+                warn!(destination = %k.destination, %error, "cannot read the delivery leases; will retry");
+                return false;
+            }
+        }
+    };
+    let asked = Instant::now();
+    let ttl = k.settings.ttl();
+    match k
+        .store
+        .acquire_lease(&k.destination, node, ttl, now())
+        .await
+    {
+        Ok(true) => {
+            let ever_held = k.shared.with(|s| {
+                s.held_until = Some(asked + ttl);
+                std::mem::replace(&mut s.ever_held, true)
+            });
+            if !was_held {
+                match previous {
+                    Some(p) if p.node_id != *node || !ever_held => {
+                        warn!(destination = %k.destination, node = %node, previous = %p.node_id, "took over the delivery lease from a node that did not release it; the queue head may be delivered twice");
+                        k.metrics.lease_takeover(&k.destination);
+                        k.shared.with(|s| s.suspect = Some(p.node_id));
+                    }
+                    _ => {
+                        info!(destination = %k.destination, node = %node, "delivery lease acquired");
+                    }
+                }
+                k.metrics.lease_held(&k.destination, true);
+                k.shared.acquired.notify_waiters();
+            }
+            true
+        }
+        Ok(false) => {
+            k.shared.with(|s| s.held_until = None);
+            if was_held {
+                warn!(destination = %k.destination, node = %node, "delivery lease lost (expired and taken by another node); delivery stops here");
+                k.metrics.lease_held(&k.destination, false);
+            }
+            false
+        }
+        Err(error) => {
+            // Keep what is left of it: `may_deliver` stops the worker in time.
+            let still = k
+                .shared
+                .with(|s| s.held_until.is_some_and(|u| Instant::now() < u));
+            warn!(destination = %k.destination, %error, held = still, "cannot renew the delivery lease; will retry");
+            if !still && was_held {
+                k.metrics.lease_held(&k.destination, false);
+            }
+            still
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timing_adds_up_to_the_timeout() {
+        let s = LeaseSettings {
+            node_id: "n".into(),
+            timeout: Duration::from_secs(15),
+        };
+        // A dead holder renewed at most its ttl ago; a standby looks within a poll.
+        assert_eq!(s.ttl() + s.standby_poll(), s.timeout);
+        assert!(s.renew_every() * 3 <= s.ttl());
+        assert!(default_node_id(true).ends_with(&format!("-{}", std::process::id())));
+        assert!(!default_node_id(false).is_empty());
+    }
+}
