@@ -8,6 +8,7 @@
 mod doctor;
 mod example;
 mod interop;
+mod link;
 mod parse;
 mod serve;
 mod support;

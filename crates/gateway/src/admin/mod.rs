@@ -120,6 +120,9 @@ impl AppState {
         };
         let mut registry = Registry::default();
         gateway.metrics.register(&mut registry);
+        if let Some(link) = &gateway.link {
+            link.metrics.register(&mut registry);
+        }
         Ok(AppState(Arc::new(Inner {
             gateway,
             token,
@@ -168,6 +171,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/quarantine"),
     ("get", "/api/audit"),
     ("post", "/api/doctor"),
+    ("get", "/api/link"),
 ];
 
 /// The whole API.
@@ -192,6 +196,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/quarantine", get(status::quarantine))
         .route("/api/audit", get(status::audit))
         .route("/api/doctor", post(doctor::doctor))
+        .route("/api/link", get(status::link))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,

@@ -1,0 +1,896 @@
+//! The edge/hub link end to end: two real `causeway serve` processes (an edge and a hub)
+//! with certificates from `causeway certs`, python-hl7 as the EHR sender and as the
+//! on-premises MLLP receiver, a file destination at the hub. Also: refusals (each with the
+//! log line that says why), cuts of the connection under load through a recording TCP
+//! relay (exactly once, in order, no HL7 in clear on the wire), the HTTP CONNECT proxy, and
+//! `ack = "end_to_end"`.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use causeway_testkit::e2e::{
+    Load, LoadSettings, MllpConn, ack_code, check_delivery, control_ids, file_destination_received,
+    load_message, wait_until,
+};
+use causeway_testkit::process::{Child, python, python_peer};
+
+const BIN: &str = env!("CARGO_BIN_EXE_causeway");
+const WAIT: Duration = Duration::from_secs(20);
+
+// === certificates, with the real `causeway certs` ===
+
+fn certs(args: &[&str]) -> String {
+    let out = Command::new(BIN).arg("certs").args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "causeway certs {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A CA in `dir` with a hub certificate for 127.0.0.1 and edge certificates for `edges`.
+fn pki(dir: &Path, edges: &[&str]) {
+    pki_named(dir, "Causeway link CA", edges);
+}
+
+fn pki_named(dir: &Path, ca: &str, edges: &[&str]) {
+    let d = dir.to_str().unwrap();
+    certs(&["init", "--dir", d, "--name", ca]);
+    certs(&[
+        "issue",
+        "--dir",
+        d,
+        "--hub",
+        "127.0.0.1",
+        "--san",
+        "localhost",
+    ]);
+    for e in edges {
+        certs(&["issue", "--dir", d, "--edge", e]);
+    }
+}
+
+fn p(path: PathBuf) -> String {
+    path.to_str().unwrap().to_owned()
+}
+
+// === processes ===
+
+/// A running `causeway serve` and what it printed about its addresses.
+struct Serve {
+    child: Child,
+    channels: BTreeMap<String, SocketAddr>,
+    link: Option<SocketAddr>,
+    admin: Option<SocketAddr>,
+}
+
+impl Serve {
+    fn start(dir: &Path, name: &str, config: &str) -> Serve {
+        let path = dir.join(format!("{name}.toml"));
+        std::fs::write(&path, config).unwrap();
+        let child = Child::spawn(BIN, &["serve", "--config", path.to_str().unwrap()]);
+        child.wait_for_line(true, WAIT, |l| l.starts_with("causeway: ready"));
+        let lines = child.stderr_lines();
+        let channels = lines
+            .iter()
+            .filter_map(|l| {
+                let rest = l.strip_prefix("causeway: channel ")?;
+                let (name, rest) = rest.split_once(": MLLP on ")?;
+                Some((name.to_owned(), rest.split(' ').next()?.parse().ok()?))
+            })
+            .collect();
+        let find = |prefix: &str| {
+            lines
+                .iter()
+                .find_map(|l| l.strip_prefix(prefix)?.split(' ').next()?.parse().ok())
+        };
+        Serve {
+            channels,
+            link: find("causeway: link hub on "),
+            admin: find("causeway: admin API on http://"),
+            child,
+        }
+    }
+
+    fn addr(&self, channel: &str) -> SocketAddr {
+        self.channels[channel]
+    }
+
+    /// Waits for a log line containing all of `parts`.
+    fn log(&self, parts: &[&str]) -> String {
+        self.child
+            .wait_for_line(true, WAIT, |l| parts.iter().all(|p| l.contains(p)))
+    }
+}
+
+/// The python-hl7 MLLP receiver (the on-premises system); its port.
+fn python_server(ack: &str) -> (Child, u16) {
+    let script = python_peer("hl7_server.py");
+    let child = Child::spawn(python(), &[script.to_str().unwrap(), "--ack", ack]);
+    let ready = child.wait_for_line(false, WAIT, |l| l.starts_with("READY "));
+    let port = ready.trim_start_matches("READY ").trim().parse().unwrap();
+    (child, port)
+}
+
+/// Control ids the python receiver printed, in arrival order.
+fn python_received(server: &Child) -> Vec<String> {
+    server
+        .stdout_lines()
+        .iter()
+        .filter_map(|l| {
+            l.strip_prefix("RECEIVED ")?
+                .split(' ')
+                .next()
+                .map(str::to_owned)
+        })
+        .collect()
+}
+
+/// Sends `messages` with python-hl7 (the EHR) to `port`; returns the ACK codes.
+fn python_send(dir: &Path, port: u16, messages: &[Vec<u8>]) -> Vec<String> {
+    let files: Vec<String> = messages
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let f = dir.join(format!("msg-{i:04}.hl7"));
+            std::fs::write(&f, m).unwrap();
+            p(f)
+        })
+        .collect();
+    let script = python_peer("hl7_client.py");
+    let mut args = vec![p(script), "--port".into(), port.to_string()];
+    args.extend(files);
+    let out = Command::new(python()).args(&args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.strip_prefix("ACK ")?.split(' ').next().map(str::to_owned))
+        .collect()
+}
+
+/// One HTTP/1.1 request to the admin API; returns status and body.
+fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out[9..12].parse().unwrap();
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b)
+        .unwrap_or_default();
+    // Chunked bodies: good enough to search for values in.
+    (status, body.to_owned())
+}
+
+fn json(text: &str) -> serde_json::Value {
+    // A chunked body has size lines around the JSON: take the outermost object.
+    let start = text.find('{').unwrap_or(0);
+    let end = text.rfind('}').map_or(text.len(), |e| e + 1);
+    serde_json::from_str(&text[start..end]).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+// === configurations ===
+
+/// Short liveness settings so that the tests see reconnects within seconds.
+const FAST: &str = "heartbeat = \"500ms\"\ndead_after = \"2s\"\nreconnect_initial = \"50ms\"\nreconnect_max = \"500ms\"\nconnect_timeout = \"3s\"\n";
+
+struct Hub<'a> {
+    pki: &'a Path,
+    data: &'a Path,
+    /// `[[link.edge]]` sections.
+    edges: &'a str,
+    /// Extra channels (TOML).
+    channels: &'a str,
+    admin: bool,
+}
+
+fn hub_config(h: &Hub<'_>) -> String {
+    let admin = if h.admin {
+        "bind = \"127.0.0.1:0\""
+    } else {
+        "disabled = true"
+    };
+    format!(
+        "[store]\npath = {:?}\n\n[admin]\n{admin}\n\n[link]\nlisten = \"127.0.0.1:0\"\n\
+         cert = {:?}\nkey = {:?}\nclient_ca = {:?}\n{FAST}\n{}\n\n\
+         [[channel]]\nname = \"adt\"\n\n[[channel.destination]]\nname = \"ehr-feed\"\ntype = \"file\"\n\
+         directory = {:?}\nfilename = \"{{id}}-{{control_id}}.hl7\"\n\n{}",
+        h.data.join("store"),
+        h.pki.join("hub-127.0.0.1.pem"),
+        h.pki.join("hub-127.0.0.1.key"),
+        h.pki.join("ca.pem"),
+        h.edges,
+        h.data.join("out"),
+        h.channels,
+    )
+}
+
+struct Edge<'a> {
+    name: &'a str,
+    data: &'a Path,
+    hub: SocketAddr,
+    /// `hub_ca = ...` / `hub_pin = ...`
+    trust: String,
+    cert: PathBuf,
+    key: PathBuf,
+    /// Extra `[link]` lines.
+    link_extra: &'a str,
+    /// The `adt` channel's extra lines (e.g. `ack = ...`).
+    adt_extra: &'a str,
+    /// Extra channels.
+    channels: &'a str,
+}
+
+fn edge_config(e: &Edge<'_>) -> String {
+    format!(
+        "[store]\npath = {:?}\n\n[admin]\ndisabled = true\n\n[link]\nname = \"{}\"\n\
+         hub = \"wss://{}/causeway/link\"\n{}\ncert = {:?}\nkey = {:?}\n{FAST}{}\n\n\
+         [[channel]]\nname = \"adt\"\n{}\n[channel.source]\nbind = \"127.0.0.1:0\"\n\n\
+         [[channel.destination]]\nname = \"to-hub\"\ntype = \"link\"\nretry_initial = \"100ms\"\nretry_max = \"500ms\"\n\n{}",
+        e.data.join("store"),
+        e.name,
+        e.hub,
+        e.trust,
+        e.cert,
+        e.key,
+        e.link_extra,
+        e.adt_extra,
+        e.channels,
+    )
+}
+
+fn edge_files(pki: &Path, name: &str) -> (PathBuf, PathBuf) {
+    (
+        pki.join(format!("edge-{name}.pem")),
+        pki.join(format!("edge-{name}.key")),
+    )
+}
+
+fn ca_trust(pki: &Path) -> String {
+    format!("hub_ca = {:?}", pki.join("ca.pem"))
+}
+
+fn messages(sender: usize, n: u64) -> Vec<Vec<u8>> {
+    (0..n).map(|i| load_message(sender, i)).collect()
+}
+
+fn wait_files(dir: &Path, n: usize) -> Vec<Vec<u8>> {
+    wait_until(WAIT, || {
+        let got = file_destination_received(dir);
+        (got.len() >= n).then_some(got)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "expected {n} messages at the hub's destination, got {}",
+            file_destination_received(dir).len()
+        )
+    })
+}
+
+// === the tests ===
+
+/// EHR (python-hl7) -> edge -> link -> hub -> file; then hub (MLLP source) -> link -> edge
+/// -> on-premises receiver (python-hl7), whose ACK is recorded with the message at the hub.
+#[test]
+fn link_carries_messages_both_ways_once_and_in_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki_dir = tmp.path().join("pki");
+    pki(&pki_dir, &["stmarys"]);
+    let (onprem, onprem_port) = python_server("AA");
+
+    let hub_data = tmp.path().join("hub");
+    let hub = Serve::start(
+        tmp.path(),
+        "hub",
+        &hub_config(&Hub {
+            pki: &pki_dir,
+            data: &hub_data,
+            edges: "[[link.edge]]\nname = \"stmarys\"\nchannels = [\"adt\"]\n",
+            channels: "[[channel]]\nname = \"orders\"\n\n[channel.source]\nbind = \"127.0.0.1:0\"\n\n\
+                       [[channel.destination]]\nname = \"to-stmarys\"\ntype = \"link\"\nedge = \"stmarys\"\n",
+            admin: true,
+        }),
+    );
+    let (cert, key) = edge_files(&pki_dir, "stmarys");
+    let edge = Serve::start(
+        tmp.path(),
+        "edge",
+        &edge_config(&Edge {
+            name: "stmarys",
+            data: &tmp.path().join("edge"),
+            hub: hub.link.unwrap(),
+            trust: ca_trust(&pki_dir),
+            cert,
+            key,
+            link_extra: "accept = [\"orders\"]",
+            adt_extra: "",
+            channels: &format!(
+                "[[channel]]\nname = \"orders\"\n\n[[channel.destination]]\nname = \"lab\"\n\
+                 type = \"mllp\"\nto = \"127.0.0.1:{onprem_port}\"\nretry_initial = \"100ms\"\n"
+            ),
+        }),
+    );
+    edge.log(&["link to the hub open"]);
+    hub.log(&["edge linked", "stmarys"]);
+
+    // Inbound.
+    let sent = messages(0, 25);
+    let acks = python_send(tmp.path(), edge.addr("adt").port(), &sent);
+    assert_eq!(acks, vec!["AA"; 25]);
+    let got = wait_files(&hub_data.join("out"), 25);
+    assert_eq!(
+        control_ids(&got),
+        control_ids(&sent),
+        "exactly once, in order"
+    );
+    assert_eq!(got, sent, "bytes unchanged across the link");
+
+    // Outbound.
+    let mut conn = MllpConn::connect(hub.addr("orders"), WAIT).unwrap();
+    let outbound = messages(7, 5);
+    for m in &outbound {
+        assert_eq!(ack_code(&conn.send(m).unwrap()).as_deref(), Some("AA"));
+    }
+    let arrived = wait_until(WAIT, || {
+        let r = python_received(&onprem);
+        (r.len() >= 5).then_some(r)
+    })
+    .expect("outbound messages at the on-premises receiver");
+    assert_eq!(arrived, control_ids(&outbound));
+
+    // The on-premises ACK is recorded with each message at the hub.
+    let admin = hub.admin.unwrap();
+    let delivered = wait_until(WAIT, || {
+        let (status, body) = http(
+            admin,
+            "POST",
+            "/api/messages/search",
+            r#"{"channel":"orders"}"#,
+        );
+        assert_eq!(status, 200, "{body}");
+        let ids: Vec<i64> = json(&body)["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["id"].as_i64().unwrap())
+            .collect();
+        let codes: Vec<String> = ids
+            .iter()
+            .filter_map(|id| {
+                let (_, body) = http(admin, "GET", &format!("/api/messages/{id}"), "");
+                let v = json(&body);
+                let d = &v["deliveries"][0];
+                (d["state"] == "delivered").then(|| {
+                    d["attempts"].as_array().unwrap().last().unwrap()["ack_code"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned()
+                })
+            })
+            .collect();
+        (codes.len() == 5).then_some(codes)
+    })
+    .expect("the hub records every outbound delivery");
+    assert_eq!(delivered, vec!["AA"; 5]);
+
+    // State in the admin API and metrics.
+    let (status, body) = http(admin, "GET", "/api/link", "");
+    assert_eq!(status, 200, "{body}");
+    let link = json(&body);
+    assert_eq!(link["role"], "hub");
+    assert_eq!(link["peers"][0]["peer"], "stmarys");
+    assert_eq!(link["peers"][0]["connected"], true);
+    assert!(
+        link["peers"][0]["messages_received"].as_u64().unwrap() >= 25,
+        "{link}"
+    );
+    let (_, metrics) = http(admin, "GET", "/metrics", "");
+    assert!(
+        metrics.contains("causeway_link_up{peer=\"stmarys\"} 1"),
+        "{metrics}"
+    );
+}
+
+/// A TCP relay that records every byte and can cut its connections: the observer between
+/// edge and hub.
+struct Relay {
+    addr: SocketAddr,
+    seen: Arc<Mutex<Vec<u8>>>,
+    conns: Arc<Mutex<Vec<TcpStream>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Relay {
+    fn start(to: SocketAddr) -> Relay {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let conns: Arc<Mutex<Vec<TcpStream>>> = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        {
+            let (seen, conns, stop) = (seen.clone(), conns.clone(), stop.clone());
+            std::thread::spawn(move || {
+                for client in listener.incoming() {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let Ok(client) = client else { continue };
+                    let Ok(server) = TcpStream::connect(to) else {
+                        continue;
+                    };
+                    conns.lock().unwrap().push(client.try_clone().unwrap());
+                    conns.lock().unwrap().push(server.try_clone().unwrap());
+                    for (mut from, mut into) in [
+                        (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                        (server, client),
+                    ] {
+                        let seen = seen.clone();
+                        std::thread::spawn(move || {
+                            let mut buf = [0u8; 16 * 1024];
+                            loop {
+                                match from.read(&mut buf) {
+                                    Ok(0) | Err(_) => break,
+                                    Ok(n) => {
+                                        seen.lock().unwrap().extend_from_slice(&buf[..n]);
+                                        if into.write_all(&buf[..n]).is_err() {
+                                            break;
+                                        }
+                                    }
+                                }
+                            }
+                            let _ = into.shutdown(std::net::Shutdown::Both);
+                            let _ = from.shutdown(std::net::Shutdown::Both);
+                        });
+                    }
+                }
+            });
+        }
+        Relay {
+            addr,
+            seen,
+            conns,
+            stop,
+        }
+    }
+
+    /// Cuts every open connection (both sides see a reset or EOF).
+    fn cut(&self) -> usize {
+        let mut conns = self.conns.lock().unwrap();
+        let n = conns.len() / 2;
+        for c in conns.drain(..) {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+        n
+    }
+
+    fn bytes(&self) -> Vec<u8> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.cut();
+        let _ = TcpStream::connect(self.addr);
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Under load, the connection between edge and hub is cut again and again: every message
+/// the EHR got an AA for arrives exactly once, in order, and no HL7 crosses in clear.
+#[test]
+fn link_survives_cuts_under_load_exactly_once_in_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki_dir = tmp.path().join("pki");
+    pki(&pki_dir, &["stmarys"]);
+    let hub_data = tmp.path().join("hub");
+    let hub = Serve::start(
+        tmp.path(),
+        "hub",
+        &hub_config(&Hub {
+            pki: &pki_dir,
+            data: &hub_data,
+            edges: "[[link.edge]]\nname = \"stmarys\"\nchannels = [\"adt\"]\n",
+            channels: "",
+            admin: false,
+        }),
+    );
+    let relay = Relay::start(hub.link.unwrap());
+    let (cert, key) = edge_files(&pki_dir, "stmarys");
+    let edge = Serve::start(
+        tmp.path(),
+        "edge",
+        &edge_config(&Edge {
+            name: "stmarys",
+            data: &tmp.path().join("edge"),
+            hub: relay.addr,
+            trust: ca_trust(&pki_dir),
+            cert,
+            key,
+            link_extra: "",
+            adt_extra: "",
+            channels: "",
+        }),
+    );
+    edge.log(&["link to the hub open"]);
+    let load = Load::start(&LoadSettings {
+        addr: edge.addr("adt"),
+        senders: 4,
+        timeout: Duration::from_secs(5),
+        pause: Duration::from_millis(2),
+    });
+    let mut cuts = 0;
+    let started = Instant::now();
+    while cuts < 6 {
+        std::thread::sleep(Duration::from_millis(400));
+        cuts += relay.cut().min(1);
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no link to cut"
+        );
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let acked = load.stop();
+    let total: usize = acked.iter().map(Vec::len).sum();
+    assert!(total > 50, "the load made progress ({total} acknowledged)");
+    // Everything acknowledged reaches the hub once the link is back.
+    let out = hub_data.join("out");
+    let arrivals = wait_until(Duration::from_secs(40), || {
+        let ids = control_ids(&file_destination_received(&out));
+        let report = check_delivery(&acked, &ids);
+        report.missing.is_empty().then_some(ids)
+    })
+    .unwrap_or_else(|| {
+        let ids = control_ids(&file_destination_received(&out));
+        panic!("missing: {:?}", check_delivery(&acked, &ids).missing)
+    });
+    let report = check_delivery(&acked, &arrivals);
+    assert!(report.ok(), "{report:?}");
+    assert_eq!(report.duplicates, 0, "exactly once: {report:?}");
+    assert!(
+        edge.child
+            .stderr_lines()
+            .iter()
+            .filter(|l| l.contains("link to the hub open"))
+            .count()
+            >= 3
+    );
+    let wire = relay.bytes();
+    assert!(wire.len() > 10_000, "the relay saw the traffic");
+    assert!(!contains(&wire, b"MSH|"), "HL7 crossed the wire in clear");
+    assert!(
+        !contains(&wire, b"DOE^JANE"),
+        "patient data crossed the wire in clear"
+    );
+}
+
+/// Each refusal is refused, with a log line that says why, on the side that refuses (and
+/// the edge says what it was told).
+#[test]
+fn link_refusals_say_why() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki_dir = tmp.path().join("pki");
+    pki(&pki_dir, &["stmarys", "clinic"]);
+    let other_dir = tmp.path().join("other");
+    pki_named(&other_dir, "Another CA", &["stmarys"]);
+    let hub_data = tmp.path().join("hub");
+    let hub = Serve::start(
+        tmp.path(),
+        "hub",
+        &hub_config(&Hub {
+            pki: &pki_dir,
+            data: &hub_data,
+            edges: "[[link.edge]]\nname = \"stmarys\"\nchannels = [\"adt\"]\n\n\
+                    [[link.edge]]\nname = \"clinic\"\nchannels = [\"lab\"]\n",
+            channels: "[[channel]]\nname = \"lab\"\n\n[[channel.destination]]\nname = \"lab-out\"\n\
+                       type = \"file\"\ndirectory = \"lab-out\"\nfilename = \"{id}.hl7\"\n",
+            admin: false,
+        }),
+    );
+    let hub_addr = hub.link.unwrap();
+    let edge = |tag: &str, name: &str, trust: String, cert: (PathBuf, PathBuf)| {
+        Serve::start(
+            tmp.path(),
+            tag,
+            &edge_config(&Edge {
+                name,
+                data: &tmp.path().join(tag),
+                hub: hub_addr,
+                trust,
+                cert: cert.0,
+                key: cert.1,
+                link_extra: "",
+                adt_extra: "",
+                channels: "",
+            }),
+        )
+    };
+
+    // 1. An edge whose certificate comes from another CA.
+    let e = edge(
+        "foreign",
+        "stmarys",
+        ca_trust(&pki_dir),
+        edge_files(&other_dir, "stmarys"),
+    );
+    hub.log(&[
+        "link connection refused",
+        "TLS handshake failed",
+        "UnknownIssuer",
+    ]);
+    e.log(&["cannot open the link to the hub"]);
+    drop(e);
+
+    // 2. A hub with the wrong certificate: by CA, then by pin.
+    let e = edge(
+        "wrong-hub",
+        "stmarys",
+        ca_trust(&other_dir),
+        edge_files(&pki_dir, "stmarys"),
+    );
+    e.log(&["TLS handshake with the hub failed", "UnknownIssuer"]);
+    drop(e);
+    let other_hub_pin = certs(&[
+        "issue",
+        "--dir",
+        other_dir.to_str().unwrap(),
+        "--hub",
+        "other.example",
+    ])
+    .lines()
+    .find_map(|l| l.strip_prefix("fingerprint sha256:").map(str::to_owned))
+    .unwrap();
+    let e = edge(
+        "pinned",
+        "stmarys",
+        format!("hub_pin = \"{other_hub_pin}\""),
+        edge_files(&pki_dir, "stmarys"),
+    );
+    e.log(&["hub certificate does not match hub_pin"]);
+    e.log(&["TLS handshake with the hub failed"]);
+    drop(e);
+
+    // 3. An edge presenting another edge's certificate.
+    let e = edge(
+        "impostor",
+        "stmarys",
+        ca_trust(&pki_dir),
+        edge_files(&pki_dir, "clinic"),
+    );
+    hub.log(&[
+        "link refused",
+        "presented certificate CN=clinic",
+        "does not match its identity cn:stmarys",
+    ]);
+    e.log(&["the hub refused the link", "does not match its identity"]);
+    drop(e);
+
+    // 4. An edge on a channel it may not use: linked, but its messages are refused.
+    let e = edge(
+        "clinic",
+        "clinic",
+        ca_trust(&pki_dir),
+        edge_files(&pki_dir, "clinic"),
+    );
+    e.log(&["link to the hub open"]);
+    let mut conn = MllpConn::connect(e.addr("adt"), WAIT).unwrap();
+    assert_eq!(
+        ack_code(&conn.send(&load_message(0, 0)).unwrap()).as_deref(),
+        Some("AA"),
+        "after_store: the EHR is answered by the edge"
+    );
+    hub.log(&[
+        "link message refused",
+        "edge clinic may not use channel \"adt\"",
+    ]);
+    e.log(&["link delivery failed", "may not use channel"]);
+    assert!(file_destination_received(&hub_data.join("out")).is_empty());
+}
+
+/// A minimal HTTP CONNECT proxy with basic authentication; records what it was asked.
+fn connect_proxy(user_pass: &'static str) -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let seen = log.clone();
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(mut client) = client else { continue };
+            let seen = seen.clone();
+            std::thread::spawn(move || {
+                let mut head = Vec::new();
+                let mut b = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if client.read(&mut b).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(b[0]);
+                }
+                let head = String::from_utf8_lossy(&head).into_owned();
+                seen.lock().unwrap().push(head.clone());
+                let target = head.split(' ').nth(1).unwrap_or_default().to_owned();
+                let want = format!(
+                    "Proxy-Authorization: Basic {}",
+                    base64_encode(user_pass.as_bytes())
+                );
+                if !head.contains(&want) {
+                    let _ = client.write_all(
+                        b"HTTP/1.1 407 Proxy Authentication Required\r\nContent-Length: 0\r\n\r\n",
+                    );
+                    return;
+                }
+                let Ok(server) = TcpStream::connect(&target) else {
+                    let _ = client.write_all(b"HTTP/1.1 502 Bad Gateway\r\n\r\n");
+                    return;
+                };
+                client
+                    .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                    .unwrap();
+                for (mut from, mut into) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut into);
+                        let _ = into.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            });
+        }
+    });
+    (addr, log)
+}
+
+fn base64_encode(input: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in input.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// The edge reaches the hub through an HTTP CONNECT proxy with basic authentication; a
+/// wrong password is refused with a line that says so.
+#[test]
+fn link_through_a_connect_proxy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki_dir = tmp.path().join("pki");
+    pki(&pki_dir, &["stmarys"]);
+    let hub_data = tmp.path().join("hub");
+    let hub = Serve::start(
+        tmp.path(),
+        "hub",
+        &hub_config(&Hub {
+            pki: &pki_dir,
+            data: &hub_data,
+            edges: "[[link.edge]]\nname = \"stmarys\"\nchannels = [\"adt\"]\n",
+            channels: "",
+            admin: false,
+        }),
+    );
+    let (proxy, asked) = connect_proxy("edge:s3cret");
+    let (cert, key) = edge_files(&pki_dir, "stmarys");
+    let edge = |tag: &str, password: &str| {
+        Serve::start(
+            tmp.path(),
+            tag,
+            &edge_config(&Edge {
+                name: "stmarys",
+                data: &tmp.path().join(tag),
+                hub: hub.link.unwrap(),
+                trust: ca_trust(&pki_dir),
+                cert: cert.clone(),
+                key: key.clone(),
+                link_extra: &format!(
+                    "proxy = \"http://{proxy}\"\nproxy_user = \"edge\"\nproxy_password = \"{password}\""
+                ),
+                adt_extra: "",
+                channels: "",
+            }),
+        )
+    };
+    let bad = edge("bad", "wrong");
+    bad.log(&["cannot open the link to the hub", "407", "proxy_password"]);
+    drop(bad);
+    let good = edge("good", "s3cret");
+    good.log(&["link to the hub open"]);
+    let sent = messages(0, 3);
+    let acks = python_send(tmp.path(), good.addr("adt").port(), &sent);
+    assert_eq!(acks, vec!["AA"; 3]);
+    let got = wait_files(&hub_data.join("out"), 3);
+    assert_eq!(control_ids(&got), control_ids(&sent));
+    let asked = asked.lock().unwrap().clone();
+    let target = format!("CONNECT {} HTTP/1.1", hub.link.unwrap());
+    assert!(asked.iter().any(|h| h.starts_with(&target)), "{asked:?}");
+}
+
+/// `ack = "end_to_end"`: the EHR gets the hub-side destination's ACK (here an AE from the
+/// receiver behind the hub), not the edge's own AA.
+#[test]
+fn link_end_to_end_ack_relays_the_hub_destination() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki_dir = tmp.path().join("pki");
+    pki(&pki_dir, &["stmarys"]);
+    let (_receiver, port) = python_server("AE");
+    let hub_data = tmp.path().join("hub");
+    let hub = Serve::start(
+        tmp.path(),
+        "hub",
+        &hub_config(&Hub {
+            pki: &pki_dir,
+            data: &hub_data,
+            edges: "[[link.edge]]\nname = \"stmarys\"\nchannels = [\"adt\", \"results\"]\n",
+            channels: &format!(
+                "[[channel]]\nname = \"results\"\n\n[[channel.destination]]\nname = \"app\"\ntype = \"mllp\"\n\
+                 to = \"127.0.0.1:{port}\"\nretry_initial = \"200ms\"\n"
+            ),
+            admin: false,
+        }),
+    );
+    let (cert, key) = edge_files(&pki_dir, "stmarys");
+    let edge = Serve::start(
+        tmp.path(),
+        "edge",
+        &edge_config(&Edge {
+            name: "stmarys",
+            data: &tmp.path().join("edge"),
+            hub: hub.link.unwrap(),
+            trust: ca_trust(&pki_dir),
+            cert,
+            key,
+            link_extra: "",
+            adt_extra: "",
+            channels: "[[channel]]\nname = \"results\"\nack = \"end_to_end\"\nack_timeout = \"10s\"\n\n\
+                       [channel.source]\nbind = \"127.0.0.2:0\"\n\n[[channel.destination]]\nname = \"results-hub\"\ntype = \"link\"\n",
+        }),
+    );
+    edge.log(&["link to the hub open"]);
+    let mut conn = MllpConn::connect(edge.addr("results"), WAIT).unwrap();
+    let reply = conn.send(&load_message(3, 1)).unwrap();
+    assert_eq!(
+        ack_code(&reply).as_deref(),
+        Some("AE"),
+        "{}",
+        String::from_utf8_lossy(&reply)
+    );
+    // after_store on the other channel answers at once.
+    let acks = python_send(tmp.path(), edge.addr("adt").port(), &messages(0, 1));
+    assert_eq!(acks, vec!["AA"]);
+}
