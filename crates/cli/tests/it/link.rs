@@ -422,7 +422,11 @@ struct Relay {
 
 impl Relay {
     fn start(to: SocketAddr) -> Relay {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        Relay::start_on("127.0.0.1:0", to)
+    }
+
+    fn start_on(bind: &str, to: SocketAddr) -> Relay {
+        let listener = TcpListener::bind(bind).unwrap();
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let conns: Arc<Mutex<Vec<TcpStream>>> = Arc::new(Mutex::new(Vec::new()));
@@ -893,4 +897,324 @@ fn link_end_to_end_ack_relays_the_hub_destination() {
     // after_store on the other channel answers at once.
     let acks = python_send(tmp.path(), edge.addr("adt").port(), &messages(0, 1));
     assert_eq!(acks, vec!["AA"]);
+}
+
+// === the network-namespace test ===
+
+/// Runs `ip ARGS`, panicking with its output when it fails.
+fn ip(args: &[&str]) -> std::process::Output {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .expect("run ip (iproute2)");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// A network namespace, deleted (with its veth links) on drop.
+struct Netns {
+    name: String,
+}
+
+impl Netns {
+    fn new(tag: &str) -> Netns {
+        // Namespaces of test processes killed before their drops ran.
+        let list = ip(&["netns", "list"]);
+        for line in String::from_utf8_lossy(&list.stdout).lines() {
+            let name = line.split_whitespace().next().unwrap_or_default();
+            if let Some(pid) = name.strip_prefix("cwl-").and_then(|r| r.split('-').next())
+                && !Path::new("/proc").join(pid).exists()
+            {
+                let _ = Command::new("ip").args(["netns", "del", name]).status();
+            }
+        }
+        let name = format!("cwl-{}-{tag}", std::process::id());
+        ip(&["netns", "add", &name]);
+        ip(&["-n", &name, "link", "set", "lo", "up"]);
+        Netns { name }
+    }
+
+    /// `cmd` inside the namespace, as a child process killed on drop.
+    fn spawn(&self, program: &str, args: &[&str]) -> Child {
+        let mut all = vec!["netns", "exec", self.name.as_str(), program];
+        all.extend_from_slice(args);
+        Child::spawn("ip", &all)
+    }
+
+    /// Runs `program args` inside and returns its output.
+    fn output(&self, program: &str, args: &[&str]) -> std::process::Output {
+        Command::new("ip")
+            .args(["netns", "exec", &self.name, program])
+            .args(args)
+            .output()
+            .unwrap()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// A veth pair: `a_dev` with `a_addr` in namespace `a` (root when `None`), `b_dev` with
+/// `b_addr` in `b`.
+fn veth(a: Option<&Netns>, a_dev: &str, a_addr: &str, b: &Netns, b_dev: &str, b_addr: &str) {
+    let mut add = vec!["link", "add", a_dev];
+    if let Some(a) = a {
+        add.extend_from_slice(&["netns", &a.name]);
+    }
+    add.extend_from_slice(&["type", "veth", "peer", "name", b_dev, "netns", &b.name]);
+    ip(&add);
+    match a {
+        Some(a) => {
+            ip(&["-n", &a.name, "addr", "add", a_addr, "dev", a_dev]);
+            ip(&["-n", &a.name, "link", "set", a_dev, "up"]);
+        }
+        None => {
+            ip(&["addr", "add", a_addr, "dev", a_dev]);
+            ip(&["link", "set", a_dev, "up"]);
+        }
+    }
+    ip(&["-n", &b.name, "addr", "add", b_addr, "dev", b_dev]);
+    ip(&["-n", &b.name, "link", "set", b_dev, "up"]);
+}
+
+/// Deletes a root-namespace veth end on drop (its peer goes with it).
+struct RootLink(String);
+
+impl Drop for RootLink {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["link", "del", &self.0]).status();
+    }
+}
+
+/// Three hosts in their own network namespaces: `ehr` reaches only the edge; the edge
+/// reaches the hub only through the observer (a recording relay in the test process, on
+/// the root namespace between them); the hub cannot open connections at all (iptables).
+/// EHR -> edge -> hub -> file under load with the link cut several times, then hub ->
+/// edge -> an MLLP listener on the `ehr` host. Every message the EHR got an AA for arrives
+/// exactly once, in order; no HL7 crosses the observer in clear.
+#[test]
+fn link_between_network_namespaces() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki_dir = tmp.path().join("pki");
+    pki(&pki_dir, &["stmarys"]);
+    let tag = std::process::id() % 100_000;
+    let ehr = Netns::new("ehr");
+    let edge_ns = Netns::new("edge");
+    let hub_ns = Netns::new("hub");
+    // ehr 10.232.0.2 -- 10.232.0.1 edge 10.232.1.2 -- 10.232.1.1 (root: observer)
+    // 10.232.2.1 -- 10.232.2.2 hub
+    veth(
+        Some(&edge_ns),
+        "ehr0",
+        "10.232.0.1/24",
+        &ehr,
+        "eth0",
+        "10.232.0.2/24",
+    );
+    let to_edge = format!("cwe{tag}");
+    let to_hub = format!("cwh{tag}");
+    veth(
+        None,
+        &to_edge,
+        "10.232.1.1/24",
+        &edge_ns,
+        "up0",
+        "10.232.1.2/24",
+    );
+    let _l1 = RootLink(to_edge);
+    veth(
+        None,
+        &to_hub,
+        "10.232.2.1/24",
+        &hub_ns,
+        "eth0",
+        "10.232.2.2/24",
+    );
+    let _l2 = RootLink(to_hub);
+    // The hub could send towards the edge's network, but opens no connection anywhere.
+    ip(&[
+        "-n",
+        &hub_ns.name,
+        "route",
+        "add",
+        "default",
+        "via",
+        "10.232.2.1",
+    ]);
+    let rule = hub_ns.output(
+        "iptables",
+        &[
+            "-A", "OUTPUT", "!", "-o", "lo", "-p", "tcp", "--syn", "-j", "DROP",
+        ],
+    );
+    assert!(
+        rule.status.success(),
+        "iptables: {}",
+        String::from_utf8_lossy(&rule.stderr)
+    );
+
+    // The on-premises system on the ehr host.
+    let script = python_peer("hl7_server.py");
+    let onprem = ehr.spawn(
+        python().to_str().unwrap(),
+        &[
+            script.to_str().unwrap(),
+            "--host",
+            "10.232.0.2",
+            "--port",
+            "2577",
+        ],
+    );
+    onprem.wait_for_line(false, WAIT, |l| l.starts_with("READY "));
+
+    let hub_data = tmp.path().join("hub");
+    let hub_cfg = hub_config(&Hub {
+        pki: &pki_dir,
+        data: &hub_data,
+        edges: "[[link.edge]]\nname = \"stmarys\"\nchannels = [\"adt\"]\n",
+        channels: "[[channel]]\nname = \"orders\"\n\n[channel.source]\nbind = \"10.232.2.2:2576\"\n\n\
+                   [[channel.destination]]\nname = \"to-stmarys\"\ntype = \"link\"\nedge = \"stmarys\"\n",
+        admin: false,
+    })
+    .replace("listen = \"127.0.0.1:0\"", "listen = \"10.232.2.2:8443\"");
+    std::fs::write(tmp.path().join("hub.toml"), &hub_cfg).unwrap();
+    let hub = hub_ns.spawn(
+        BIN,
+        &[
+            "serve",
+            "--config",
+            tmp.path().join("hub.toml").to_str().unwrap(),
+        ],
+    );
+    hub.wait_for_line(true, WAIT, |l| l.starts_with("causeway: ready"));
+
+    let relay = Relay::start_on("10.232.1.1:0", "10.232.2.2:8443".parse().unwrap());
+    let (cert, key) = edge_files(&pki_dir, "stmarys");
+    let edge_cfg = edge_config(&Edge {
+        name: "stmarys",
+        data: &tmp.path().join("edge"),
+        hub: relay.addr,
+        trust: ca_trust(&pki_dir),
+        cert,
+        key,
+        link_extra: "server_name = \"127.0.0.1\"\naccept = [\"orders\"]",
+        adt_extra: "",
+        channels: "[[channel]]\nname = \"orders\"\n\n[[channel.destination]]\nname = \"lab\"\n\
+                   type = \"mllp\"\nto = \"10.232.0.2:2577\"\nretry_initial = \"100ms\"\n",
+    })
+    .replace("bind = \"127.0.0.1:0\"", "bind = \"10.232.0.1:2575\"");
+    std::fs::write(tmp.path().join("edge.toml"), &edge_cfg).unwrap();
+    let edge = edge_ns.spawn(
+        BIN,
+        &[
+            "serve",
+            "--config",
+            tmp.path().join("edge.toml").to_str().unwrap(),
+        ],
+    );
+    edge.wait_for_line(true, WAIT, |l| l.contains("link to the hub open"));
+
+    // The hub cannot open a connection to the edge.
+    let probe = hub_ns.output(
+        "timeout",
+        &["2", "bash", "-c", "exec 3<>/dev/tcp/10.232.1.2/2575"],
+    );
+    assert!(
+        !probe.status.success(),
+        "the hub opened a connection towards the edge"
+    );
+
+    // Load from the EHR host while the observer cuts the link.
+    let n = 300u64;
+    let sent = messages(0, n);
+    let files: Vec<String> = sent
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let f = tmp.path().join(format!("ns-{i:04}.hl7"));
+            std::fs::write(&f, m).unwrap();
+            p(f)
+        })
+        .collect();
+    let client = python_peer("hl7_client.py");
+    let mut args = vec![
+        client.to_str().unwrap(),
+        "--host",
+        "10.232.0.1",
+        "--port",
+        "2575",
+    ];
+    args.extend(files.iter().map(String::as_str));
+    let sender = ehr.spawn(python().to_str().unwrap(), &args);
+    let mut cuts = 0;
+    let started = Instant::now();
+    while cuts < 4 && started.elapsed() < Duration::from_secs(40) {
+        std::thread::sleep(Duration::from_millis(300));
+        cuts += relay.cut().min(1);
+    }
+    assert!(cuts >= 3, "the link was cut {cuts} times");
+    let acks = wait_until(Duration::from_secs(40), || {
+        let acks: Vec<String> = sender
+            .stdout_lines()
+            .iter()
+            .filter_map(|l| {
+                l.strip_prefix("ACK ")
+                    .map(|r| r.split(' ').next().unwrap_or("").to_owned())
+            })
+            .collect();
+        (acks.len() as u64 == n).then_some(acks)
+    })
+    .expect("every message answered");
+    assert!(acks.iter().all(|a| a == "AA"), "{acks:?}");
+    let acked: Vec<Vec<u64>> = vec![(0..n).collect()];
+    let out = hub_data.join("out");
+    let ids = wait_until(Duration::from_secs(40), || {
+        let ids = control_ids(&file_destination_received(&out));
+        (ids.len() as u64 >= n).then_some(ids)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "{} of {n} at the hub",
+            file_destination_received(&out).len()
+        )
+    });
+    let report = check_delivery(&acked, &ids);
+    assert!(report.ok(), "{report:?}");
+    assert_eq!(report.duplicates, 0, "exactly once: {report:?}");
+
+    // And back: a cloud application sends at the hub; the ehr host's listener gets it.
+    let mut conn = MllpConn::connect("10.232.2.2:2576".parse().unwrap(), WAIT).unwrap();
+    let outbound = messages(9, 3);
+    for m in &outbound {
+        assert_eq!(ack_code(&conn.send(m).unwrap()).as_deref(), Some("AA"));
+    }
+    let arrived = wait_until(WAIT, || {
+        let r = python_received(&onprem);
+        (r.len() >= 3).then_some(r)
+    })
+    .expect("outbound messages at the ehr host");
+    assert_eq!(arrived, control_ids(&outbound));
+
+    let wire = relay.bytes();
+    assert!(
+        wire.len() > 50_000,
+        "the observer saw the traffic ({} bytes)",
+        wire.len()
+    );
+    assert!(
+        !contains(&wire, b"MSH|"),
+        "HL7 crossed the observer in clear"
+    );
+    drop(edge);
+    drop(hub);
 }
