@@ -5,7 +5,7 @@
 //! starts again from the failed one, so the receiving store never holds them out of order.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use causeway_store::{AttemptResult, DeliveryState, MessageId, Store, Timestamp};
@@ -18,6 +18,33 @@ use super::{Allowed, Link};
 use crate::deliver::Attempt;
 use crate::ingest::{ChannelIngest, Stored};
 use crate::waiters::Waiters;
+
+/// Most messages of one session waiting for their destination's outcome at once; beyond
+/// it, no outcome is sent (an `end_to_end` sender then answers AE after its timeout; a hub
+/// records a retry after `outcome_timeout`).
+pub const MAX_OUTCOME_WAITS: usize = 4096;
+
+/// Where the outcome of a message goes: the latest `msg` asking for it (a resend has a new
+/// attempt number), by the receiver's message id.
+type Addresses = Arc<Mutex<HashMap<i64, (String, i64, u64)>>>;
+
+/// A session's receiving state.
+#[derive(Debug, Default)]
+pub struct Inbound {
+    /// Sending destinations whose message failed: later ones are refused until the resend.
+    broken: HashMap<String, i64>,
+    /// Tasks waiting for outcomes.
+    outcomes: JoinSet<()>,
+    /// Their reply addresses.
+    addresses: Addresses,
+}
+
+impl Inbound {
+    /// Stops the outcome tasks.
+    pub fn abort(&mut self) {
+        self.outcomes.abort_all();
+    }
+}
 
 /// What a session needs to take messages in.
 #[derive(Debug, Clone)]
@@ -38,13 +65,8 @@ pub struct Receiver {
 
 impl Receiver {
     /// Handles one `msg` frame.
-    pub async fn handle(
-        &self,
-        session: &Arc<Session>,
-        frame: Frame,
-        broken: &mut HashMap<String, i64>,
-        outcomes: &mut JoinSet<()>,
-    ) {
+    pub async fn handle(&self, session: &Arc<Session>, frame: Frame, inbound: &mut Inbound) {
+        let broken = &mut inbound.broken;
         let Header::Msg {
             dest,
             seq,
@@ -124,15 +146,44 @@ impl Receiver {
                         duplicate: duplicate_of.is_some(),
                     }))
                     .await;
-                if want_outcome {
+                while inbound.outcomes.try_join_next().is_some() {}
+                let waiting = {
+                    let mut addresses = inbound.addresses.lock().unwrap_or_else(|p| p.into_inner());
+                    match addresses.get_mut(&original) {
+                        // A resend while the outcome is awaited: answer the new attempt.
+                        Some(addr) if want_outcome => {
+                            *addr = (dest.clone(), seq, n);
+                            true
+                        }
+                        None if want_outcome && inbound.outcomes.len() < MAX_OUTCOME_WAITS => {
+                            addresses.insert(original, (dest.clone(), seq, n));
+                            false
+                        }
+                        _ => {
+                            if want_outcome {
+                                warn!(%peer, %channel, %control_id, "too many outcomes awaited; this one will not be sent");
+                            }
+                            true
+                        }
+                    }
+                };
+                if want_outcome && !waiting {
+                    let addresses = inbound.addresses.clone();
                     let session = session.clone();
                     let store = self.store.clone();
                     let waiters = self.waiters.clone();
                     let first = destinations.first().cloned();
-                    outcomes.spawn(async move {
+                    inbound.outcomes.spawn(async move {
                         let send = |result: Verdict, code: Option<String>, text: Option<String>| {
+                            let mut map = addresses.lock().unwrap_or_else(|p| p.into_inner());
+                            let (dest, seq, n) = if result == Verdict::Retry {
+                                map.get(&original).cloned()
+                            } else {
+                                map.remove(&original)
+                            }
+                            .unwrap_or_default();
                             Frame::new(Header::Outcome {
-                                dest: dest.clone(),
+                                dest,
                                 seq,
                                 n,
                                 result,
@@ -150,9 +201,8 @@ impl Receiver {
                         loop {
                             let (result, code, text) =
                                 outcome(&store, &waiters, original, &first).await;
-                            if !session.send(&send(result, code, text)).await
-                                || result != Verdict::Retry
-                            {
+                            let frame = send(result, code, text);
+                            if !session.send(&frame).await || result != Verdict::Retry {
                                 return;
                             }
                         }
@@ -202,8 +252,10 @@ async fn outcome(
                 }
                 return (Verdict::Retry, None, Some(e));
             }
-            // Another waiter took the slot, or nothing happened yet: look again.
-            Ok(Err(_)) | Err(_) => {}
+            // Another waiter took the slot: look again, without racing it.
+            Ok(Err(_)) => tokio::time::sleep(Duration::from_secs(1)).await,
+            // Nothing happened yet: look again.
+            Err(_) => {}
         }
     }
 }

@@ -11,14 +11,13 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::Link;
 use super::proto::{Frame, Header, Verdict};
-use super::receive::Receiver;
+use super::receive::{Inbound, Receiver};
 use super::transport::Ws;
 
 /// What a link destination waits for before it may forget a message.
@@ -53,11 +52,18 @@ pub enum Reply {
     },
 }
 
+/// Sent messages tracked per session before old entries waiting only for an outcome are
+/// dropped.
+const MAX_PENDING: usize = 4096;
+/// How long an `end_to_end` outcome is waited for once the message is stored.
+const OUTCOME_KEPT: Duration = Duration::from_secs(600);
+
 /// Called with the outcome of a message sent with `want_outcome` whose sender completes
 /// on `stored` (an edge channel with `ack = "end_to_end"`).
 pub type OutcomeHook = Box<dyn FnOnce(Reply) + Send>;
 
 struct Pending {
+    since: Instant,
     n: u64,
     want: Want,
     tx: Option<oneshot::Sender<Reply>>,
@@ -127,15 +133,23 @@ impl Session {
             return None;
         };
         let (tx, rx) = oneshot::channel();
-        self.lock().insert(
-            (dest.clone(), *seq),
-            Pending {
-                n: *n,
-                want,
-                tx: Some(tx),
-                hook,
-            },
-        );
+        {
+            let mut map = self.lock();
+            if map.len() >= MAX_PENDING {
+                // Entries stored long ago whose outcome never came (their sender gave up).
+                map.retain(|_, p| p.tx.is_some() || p.since.elapsed() < OUTCOME_KEPT);
+            }
+            map.insert(
+                (dest.clone(), *seq),
+                Pending {
+                    since: Instant::now(),
+                    n: *n,
+                    want,
+                    tx: Some(tx),
+                    hook,
+                },
+            );
+        }
         if self.send(frame).await {
             Some(rx)
         } else {
@@ -255,8 +269,7 @@ pub async fn run(
         })
     };
 
-    let mut broken: HashMap<String, i64> = HashMap::new();
-    let mut outcomes: JoinSet<()> = JoinSet::new();
+    let mut inbound = Inbound::default();
     let reason = loop {
         let next = tokio::select! {
             () = session.closed.cancelled() => break "closed".to_owned(),
@@ -282,9 +295,7 @@ pub async fn run(
                 match frame.header {
                     Header::Msg { .. } => {
                         link.count_message(&peer, "received");
-                        receiver
-                            .handle(&session, frame, &mut broken, &mut outcomes)
-                            .await;
+                        receiver.handle(&session, frame, &mut inbound).await;
                     }
                     Header::Stored {
                         dest,
@@ -332,7 +343,7 @@ pub async fn run(
         }
     };
     session.close();
-    outcomes.abort_all();
+    inbound.abort();
     let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
     // Whoever waits for an answer in this session learns that none will come.
     session.lock().clear();
