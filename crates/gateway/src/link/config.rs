@@ -436,6 +436,43 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
 mod tests {
     use super::*;
 
+    /// The commented `[link]` blocks of causeway.example.toml are valid and show the defaults.
+    #[test]
+    fn example_link_blocks() {
+        let example = include_str!("../../../../causeway.example.toml");
+        for role in ["edge", "hub"] {
+            let prefix = format!("#{role}: ");
+            let block: String = example
+                .lines()
+                .filter_map(|l| l.strip_prefix(&prefix))
+                .map(|l| format!("{l}\n"))
+                .collect();
+            let mut text = example.to_owned();
+            text.push_str(&block);
+            let c = Config::parse(&text).unwrap_or_else(|e| panic!("{role}: {e}"));
+            let link = c.link.unwrap();
+            let defaults = Config::parse(&format!(
+                "[[channel]]\nname = \"x\"\n[[channel.destination]]\nname = \"d\"\ntype = \"file\"\ndirectory = \"d\"\n[link]\n{}\ncert = \"c\"\nkey = \"k\"\n",
+                if role == "edge" {
+                    "name = \"e\"\nhub = \"wss://h/\"\nhub_pin = \"00000000000000000000000000000000000000000000000000000000000000aa\""
+                } else {
+                    "listen = \"127.0.0.1:1\"\nclient_ca = \"ca\""
+                }
+            ))
+            .unwrap()
+            .link
+            .unwrap();
+            assert_eq!(link.heartbeat, defaults.heartbeat);
+            assert_eq!(link.dead_after, defaults.dead_after);
+            assert_eq!(link.window, defaults.window);
+            assert_eq!(link.max_frame_size, defaults.max_frame_size);
+            assert_eq!(link.reconnect_max, defaults.reconnect_max);
+            assert_eq!(link.outcome_timeout, defaults.outcome_timeout);
+            assert_eq!(link.max_links, defaults.max_links);
+            assert_eq!(link.path, defaults.path);
+        }
+    }
+
     #[test]
     fn urls() {
         assert_eq!(
