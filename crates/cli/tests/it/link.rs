@@ -1218,3 +1218,104 @@ fn link_between_network_namespaces() {
     drop(edge);
     drop(hub);
 }
+
+/// Hub to edge while the on-premises system is down: the hub's attempts time out and are
+/// sent again (the edge drops the resends), the edge keeps retrying its receiver; once the
+/// receiver is up it gets each message once, in order, and the hub records its ACK.
+#[test]
+fn link_outbound_waits_for_the_on_premises_ack() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki_dir = tmp.path().join("pki");
+    pki(&pki_dir, &["stmarys"]);
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let hub = Serve::start(
+        tmp.path(),
+        "hub",
+        &hub_config(&Hub {
+            pki: &pki_dir,
+            data: &tmp.path().join("hub"),
+            edges: "[[link.edge]]\nname = \"stmarys\"\n",
+            channels: "[[channel]]\nname = \"orders\"\n\n[channel.source]\nbind = \"127.0.0.1:0\"\n\n\
+                       [[channel.destination]]\nname = \"to-stmarys\"\ntype = \"link\"\nedge = \"stmarys\"\n\
+                       retry_initial = \"100ms\"\nretry_max = \"300ms\"\n",
+            admin: true,
+        })
+        .replace("[link]\n", "[link]\noutcome_timeout = \"1s\"\n"),
+    );
+    let (cert, key) = edge_files(&pki_dir, "stmarys");
+    let edge = Serve::start(
+        tmp.path(),
+        "edge",
+        &edge_config(&Edge {
+            name: "stmarys",
+            data: &tmp.path().join("edge"),
+            hub: hub.link.unwrap(),
+            trust: ca_trust(&pki_dir),
+            cert,
+            key,
+            link_extra: "accept = [\"orders\"]",
+            adt_extra: "",
+            channels: &format!(
+                "[[channel]]\nname = \"orders\"\n\n[[channel.destination]]\nname = \"lab\"\n\
+                 type = \"mllp\"\nto = \"127.0.0.1:{port}\"\nretry_initial = \"100ms\"\nretry_max = \"300ms\"\n\
+                 connect_timeout = \"1s\"\n"
+            ),
+        }),
+    );
+    edge.log(&["link to the hub open"]);
+    let mut conn = MllpConn::connect(hub.addr("orders"), WAIT).unwrap();
+    let outbound = messages(5, 3);
+    for m in &outbound {
+        assert_eq!(ack_code(&conn.send(m).unwrap()).as_deref(), Some("AA"));
+    }
+    hub.log(&["has it stored, but its destination did not answer"]);
+    std::thread::sleep(Duration::from_millis(1500));
+    let script = python_peer("hl7_server.py");
+    let onprem = Child::spawn(
+        python(),
+        &[script.to_str().unwrap(), "--port", &port.to_string()],
+    );
+    onprem.wait_for_line(false, WAIT, |l| l.starts_with("READY "));
+    let admin = hub.admin.unwrap();
+    let codes = wait_until(WAIT, || {
+        let (_, body) = http(
+            admin,
+            "POST",
+            "/api/messages/search",
+            r#"{"channel":"orders"}"#,
+        );
+        let ids: Vec<i64> = json(&body)["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["id"].as_i64().unwrap())
+            .collect();
+        let codes: Vec<String> = ids
+            .iter()
+            .filter_map(|id| {
+                let (_, body) = http(admin, "GET", &format!("/api/messages/{id}"), "");
+                let v = json(&body);
+                let d = &v["deliveries"][0];
+                (d["state"] == "delivered").then(|| {
+                    d["attempts"].as_array().unwrap().last().unwrap()["ack_code"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned()
+                })
+            })
+            .collect();
+        (codes.len() == 3).then_some(codes)
+    })
+    .expect("the hub records the on-premises ACK of every message");
+    assert_eq!(codes, vec!["AA"; 3]);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        python_received(&onprem),
+        control_ids(&outbound),
+        "once each, in order"
+    );
+}

@@ -136,8 +136,12 @@ impl Session {
         {
             let mut map = self.lock();
             if map.len() >= MAX_PENDING {
-                // Entries stored long ago whose outcome never came (their sender gave up).
-                map.retain(|_, p| p.tx.is_some() || p.since.elapsed() < OUTCOME_KEPT);
+                // Keep what someone still waits for: an open answer channel, or an outcome
+                // hook not too old. Answers to abandoned attempts go.
+                map.retain(|_, p| {
+                    p.tx.as_ref().is_some_and(|t| !t.is_closed())
+                        || (p.hook.is_some() && p.since.elapsed() < OUTCOME_KEPT)
+                });
             }
             map.insert(
                 (dest.clone(), *seq),
