@@ -417,6 +417,7 @@ struct Relay {
     addr: SocketAddr,
     seen: Arc<Mutex<Vec<u8>>>,
     conns: Arc<Mutex<Vec<TcpStream>>>,
+    frozen: Arc<Mutex<Vec<Arc<AtomicBool>>>>,
     stop: Arc<AtomicBool>,
 }
 
@@ -430,9 +431,11 @@ impl Relay {
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let conns: Arc<Mutex<Vec<TcpStream>>> = Arc::new(Mutex::new(Vec::new()));
+        let frozen: Arc<Mutex<Vec<Arc<AtomicBool>>>> = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         {
             let (seen, conns, stop) = (seen.clone(), conns.clone(), stop.clone());
+            let frozen = frozen.clone();
             std::thread::spawn(move || {
                 for client in listener.incoming() {
                     if stop.load(Ordering::SeqCst) {
@@ -444,16 +447,21 @@ impl Relay {
                     };
                     conns.lock().unwrap().push(client.try_clone().unwrap());
                     conns.lock().unwrap().push(server.try_clone().unwrap());
+                    let freeze = Arc::new(AtomicBool::new(false));
+                    frozen.lock().unwrap().push(freeze.clone());
                     for (mut from, mut into) in [
                         (client.try_clone().unwrap(), server.try_clone().unwrap()),
                         (server, client),
                     ] {
                         let seen = seen.clone();
+                        let freeze = freeze.clone();
                         std::thread::spawn(move || {
                             let mut buf = [0u8; 16 * 1024];
                             loop {
                                 match from.read(&mut buf) {
                                     Ok(0) | Err(_) => break,
+                                    // A black hole: bytes are taken and never passed on.
+                                    Ok(_) if freeze.load(Ordering::SeqCst) => {}
                                     Ok(n) => {
                                         seen.lock().unwrap().extend_from_slice(&buf[..n]);
                                         if into.write_all(&buf[..n]).is_err() {
@@ -462,8 +470,11 @@ impl Relay {
                                     }
                                 }
                             }
-                            let _ = into.shutdown(std::net::Shutdown::Both);
-                            let _ = from.shutdown(std::net::Shutdown::Both);
+                            // A black hole does not pass a close on either.
+                            if !freeze.load(Ordering::SeqCst) {
+                                let _ = into.shutdown(std::net::Shutdown::Both);
+                                let _ = from.shutdown(std::net::Shutdown::Both);
+                            }
                         });
                     }
                 }
@@ -473,8 +484,17 @@ impl Relay {
             addr,
             seen,
             conns,
+            frozen,
             stop,
         }
+    }
+
+    /// Turns every open connection into a black hole (nothing passes, nothing closes).
+    fn freeze(&self) {
+        for f in self.frozen.lock().unwrap().drain(..) {
+            f.store(true, Ordering::SeqCst);
+        }
+        self.conns.lock().unwrap().clear();
     }
 
     /// Cuts every open connection (both sides see a reset or EOF).
@@ -1318,4 +1338,63 @@ fn link_outbound_waits_for_the_on_premises_ack() {
         control_ids(&outbound),
         "once each, in order"
     );
+}
+
+/// A link that goes silent (the observer swallows every byte and closes nothing) is found
+/// dead within `dead_after` by both sides, and the edge dials again.
+#[test]
+fn link_silent_connection_is_found_dead_and_redialled() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki_dir = tmp.path().join("pki");
+    pki(&pki_dir, &["stmarys"]);
+    let hub_data = tmp.path().join("hub");
+    let hub = Serve::start(
+        tmp.path(),
+        "hub",
+        &hub_config(&Hub {
+            pki: &pki_dir,
+            data: &hub_data,
+            edges: "[[link.edge]]\nname = \"stmarys\"\nchannels = [\"adt\"]\n",
+            channels: "",
+            admin: false,
+        }),
+    );
+    let relay = Relay::start(hub.link.unwrap());
+    let (cert, key) = edge_files(&pki_dir, "stmarys");
+    let edge = Serve::start(
+        tmp.path(),
+        "edge",
+        &edge_config(&Edge {
+            name: "stmarys",
+            data: &tmp.path().join("edge"),
+            hub: relay.addr,
+            trust: ca_trust(&pki_dir),
+            cert,
+            key,
+            link_extra: "",
+            adt_extra: "",
+            channels: "",
+        }),
+    );
+    edge.log(&["link to the hub open"]);
+    relay.freeze();
+    let mut conn = MllpConn::connect(edge.addr("adt"), WAIT).unwrap();
+    let sent = messages(0, 3);
+    for m in &sent {
+        assert_eq!(ack_code(&conn.send(m).unwrap()).as_deref(), Some("AA"));
+    }
+    edge.log(&["link dead: nothing received from hub for 2s"]);
+    hub.log(&["link dead: nothing received from stmarys for 2s"]);
+    wait_until(WAIT, || {
+        let opens = edge
+            .child
+            .stderr_lines()
+            .iter()
+            .filter(|l| l.contains("link to the hub open"))
+            .count();
+        (opens >= 2).then_some(())
+    })
+    .expect("the edge dials again");
+    let got = wait_files(&hub_data.join("out"), 3);
+    assert_eq!(control_ids(&got), control_ids(&sent));
 }

@@ -291,6 +291,23 @@ impl Link {
             .inc();
     }
 
+    /// Logs the peer's round trip, bytes and messages so far.
+    pub fn log_status(&self, peer: &str) {
+        let rtt = self.with_peers(|peers| peers.get(peer).and_then(|p| p.status.rtt));
+        let count = |family: &Family<FlowLabel, Counter>, dir: &str| {
+            family.get_or_create(&self.metrics.flow(peer, dir)).get()
+        };
+        tracing::info!(
+            %peer,
+            rtt_ms = rtt.map_or(-1.0, |r| r.as_secs_f64() * 1000.0),
+            bytes_sent = count(&self.metrics.bytes, "sent"),
+            bytes_received = count(&self.metrics.bytes, "received"),
+            messages_sent = count(&self.metrics.messages, "sent"),
+            messages_received = count(&self.metrics.messages, "received"),
+            "link status"
+        );
+    }
+
     /// The current session with `peer`, waiting until there is one.
     pub async fn session(&self, peer: &str) -> Option<Arc<Session>> {
         let mut rx = self.with_peers(|peers| peers.get(peer).map(|p| p.changed.subscribe()))?;

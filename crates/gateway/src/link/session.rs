@@ -244,6 +244,9 @@ pub async fn run(
             let mut tick = tokio::time::interval(heartbeat);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut counter: u64 = 0;
+            // A status line (RTT, bytes, messages) about every five minutes.
+            let status_every =
+                (Duration::from_secs(300).as_millis() / heartbeat.as_millis().max(1)).max(1) as u64;
             let result: Result<(), String> = loop {
                 let msg = tokio::select! {
                     () = session.closed.cancelled() => break Ok(()),
@@ -256,6 +259,9 @@ pub async fn run(
                     },
                     _ = tick.tick() => {
                         counter += 1;
+                        if counter.is_multiple_of(status_every) {
+                            link.log_status(&peer);
+                        }
                         *last_ping.lock().unwrap_or_else(|p| p.into_inner()) = Some((counter, Instant::now()));
                         WsMessage::Ping(Bytes::copy_from_slice(&counter.to_be_bytes()))
                     }

@@ -105,6 +105,7 @@ impl LinkWorker {
         let mut inflight: VecDeque<InFlight> = VecDeque::new();
         let mut last_sent: Option<DeliveryId> = None;
         let mut store_backoff = Duration::from_millis(100);
+        let mut refill = true;
         loop {
             if stop.is_cancelled() {
                 return Round::Stop;
@@ -112,7 +113,10 @@ impl LinkWorker {
             if session.closed.is_cancelled() {
                 return Round::Lost;
             }
-            if inflight.len() < window {
+            // Refill when half the window is free (or on a wake-up with room): one queue
+            // read per several answers under load, not one per answer.
+            if inflight.len() <= window / 2 || (refill && inflight.len() < window) {
+                refill = false;
                 let batch = match self.store.next_pending(&self.name, now(), window).await {
                     Ok(b) => b,
                     Err(error) => {
@@ -156,7 +160,10 @@ impl LinkWorker {
             let reply = tokio::select! {
                 () = stop.cancelled() => return Round::Stop,
                 () = session.closed.cancelled() => return Round::Lost,
-                () = self.wake.notified(), if room => continue,
+                () = self.wake.notified(), if room => {
+                    refill = true;
+                    continue;
+                }
                 () = tokio::time::sleep_until(deadline) => None,
                 r = front => match r {
                     Ok(r) => Some(r),
