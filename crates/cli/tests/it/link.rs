@@ -1398,3 +1398,64 @@ fn link_silent_connection_is_found_dead_and_redialled() {
     let got = wait_files(&hub_data.join("out"), 3);
     assert_eq!(control_ids(&got), control_ids(&sent));
 }
+
+/// TLS 1.3 only unless `tls12 = true`: a TLS 1.2 client (Python's ssl, with a valid edge
+/// certificate) is refused by default, with the reason in the hub's log, and admitted when
+/// the hub allows 1.2.
+#[test]
+fn link_speaks_tls13_only_unless_told() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki_dir = tmp.path().join("pki");
+    pki(&pki_dir, &["stmarys"]);
+    let (cert, key) = edge_files(&pki_dir, "stmarys");
+    let try_tls12 = |addr: SocketAddr| {
+        let script = "import socket, ssl, sys\n\
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)\n\
+            ctx.load_verify_locations(sys.argv[3])\n\
+            ctx.load_cert_chain(sys.argv[4], sys.argv[5])\n\
+            ctx.maximum_version = ssl.TLSVersion.TLSv1_2\n\
+            s = ctx.wrap_socket(socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10), server_hostname=sys.argv[1])\n\
+            print('VERSION', s.version())\n";
+        Command::new(python())
+            .args([
+                "-c",
+                script,
+                &addr.ip().to_string(),
+                &addr.port().to_string(),
+                pki_dir.join("ca.pem").to_str().unwrap(),
+                cert.to_str().unwrap(),
+                key.to_str().unwrap(),
+            ])
+            .output()
+            .unwrap()
+    };
+    let hub_cfg = |data: &str| {
+        hub_config(&Hub {
+            pki: &pki_dir,
+            data: &tmp.path().join(data),
+            edges: "[[link.edge]]\nname = \"stmarys\"\nchannels = [\"adt\"]\n",
+            channels: "",
+            admin: false,
+        })
+    };
+    let strict = Serve::start(tmp.path(), "strict", &hub_cfg("strict"));
+    let out = try_tls12(strict.link.unwrap());
+    assert!(
+        !out.status.success(),
+        "TLS 1.2 was admitted: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    strict.log(&["link connection refused", "TLS handshake failed"]);
+    let lenient = Serve::start(
+        tmp.path(),
+        "lenient",
+        &hub_cfg("lenient").replace("[link]\n", "[link]\ntls12 = true\n"),
+    );
+    let out = try_tls12(lenient.link.unwrap());
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("VERSION TLSv1.2"),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
