@@ -417,7 +417,8 @@ struct Relay {
     addr: SocketAddr,
     seen: Arc<Mutex<Vec<u8>>>,
     conns: Arc<Mutex<Vec<TcpStream>>>,
-    frozen: Arc<Mutex<Vec<Arc<AtomicBool>>>>,
+    /// Per connection: (client to server, server to client) black-hole switches.
+    frozen: Arc<Mutex<Vec<[Arc<AtomicBool>; 2]>>>,
     stop: Arc<AtomicBool>,
 }
 
@@ -431,7 +432,7 @@ impl Relay {
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let conns: Arc<Mutex<Vec<TcpStream>>> = Arc::new(Mutex::new(Vec::new()));
-        let frozen: Arc<Mutex<Vec<Arc<AtomicBool>>>> = Arc::new(Mutex::new(Vec::new()));
+        let frozen: Arc<Mutex<Vec<[Arc<AtomicBool>; 2]>>> = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         {
             let (seen, conns, stop) = (seen.clone(), conns.clone(), stop.clone());
@@ -447,14 +448,19 @@ impl Relay {
                     };
                     conns.lock().unwrap().push(client.try_clone().unwrap());
                     conns.lock().unwrap().push(server.try_clone().unwrap());
-                    let freeze = Arc::new(AtomicBool::new(false));
-                    frozen.lock().unwrap().push(freeze.clone());
-                    for (mut from, mut into) in [
+                    let switches = [
+                        Arc::new(AtomicBool::new(false)),
+                        Arc::new(AtomicBool::new(false)),
+                    ];
+                    frozen.lock().unwrap().push(switches.clone());
+                    for ((mut from, mut into), freeze) in [
                         (client.try_clone().unwrap(), server.try_clone().unwrap()),
                         (server, client),
-                    ] {
+                    ]
+                    .into_iter()
+                    .zip(switches)
+                    {
                         let seen = seen.clone();
-                        let freeze = freeze.clone();
                         std::thread::spawn(move || {
                             let mut buf = [0u8; 16 * 1024];
                             loop {
@@ -491,8 +497,18 @@ impl Relay {
 
     /// Turns every open connection into a black hole (nothing passes, nothing closes).
     fn freeze(&self) {
-        for f in self.frozen.lock().unwrap().drain(..) {
-            f.store(true, Ordering::SeqCst);
+        for [up, down] in self.frozen.lock().unwrap().drain(..) {
+            up.store(true, Ordering::SeqCst);
+            down.store(true, Ordering::SeqCst);
+        }
+        self.conns.lock().unwrap().clear();
+    }
+
+    /// Swallows what the server sends on every open connection; the client's bytes still
+    /// reach it (answers are lost after the server acted on the requests).
+    fn freeze_replies(&self) {
+        for [_, down] in self.frozen.lock().unwrap().drain(..) {
+            down.store(true, Ordering::SeqCst);
         }
         self.conns.lock().unwrap().clear();
     }
@@ -1458,4 +1474,141 @@ fn link_speaks_tls13_only_unless_told() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// The hub is killed (`kill -9`) under load and restarted on the same data, twice: what it
+/// stored but had not confirmed is sent again by the edge and recognised as a resend, so
+/// every message the EHR got an AA for arrives exactly once, in order.
+#[test]
+fn link_hub_killed_under_load_loses_and_repeats_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki_dir = tmp.path().join("pki");
+    pki(&pki_dir, &["stmarys"]);
+    let hub_data = tmp.path().join("hub");
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let hub_cfg = hub_config(&Hub {
+        pki: &pki_dir,
+        data: &hub_data,
+        edges: "[[link.edge]]\nname = \"stmarys\"\nchannels = [\"adt\"]\n",
+        channels: "",
+        admin: false,
+    })
+    .replace(
+        "listen = \"127.0.0.1:0\"",
+        &format!("listen = \"127.0.0.1:{port}\""),
+    );
+    let mut hub = Serve::start(tmp.path(), "hub", &hub_cfg);
+    let (cert, key) = edge_files(&pki_dir, "stmarys");
+    let edge = Serve::start(
+        tmp.path(),
+        "edge",
+        &edge_config(&Edge {
+            name: "stmarys",
+            data: &tmp.path().join("edge"),
+            hub: hub.link.unwrap(),
+            trust: ca_trust(&pki_dir),
+            cert,
+            key,
+            link_extra: "",
+            adt_extra: "",
+            channels: "",
+        }),
+    );
+    edge.log(&["link to the hub open"]);
+    let load = Load::start(&LoadSettings {
+        addr: edge.addr("adt"),
+        senders: 4,
+        timeout: Duration::from_secs(5),
+        pause: Duration::from_millis(1),
+    });
+    let out = hub_data.join("out");
+    for _ in 0..2 {
+        // Let the hub take some of the stream, then kill it in the middle of it.
+        let before = file_destination_received(&out).len();
+        wait_until(WAIT, || {
+            (file_destination_received(&out).len() > before + 50).then_some(())
+        })
+        .expect("the hub takes messages");
+        drop(hub); // SIGKILL, then reaped
+        std::thread::sleep(Duration::from_millis(300));
+        hub = Serve::start(tmp.path(), "hub", &hub_cfg);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let acked = load.stop();
+    let total: usize = acked.iter().map(Vec::len).sum();
+    assert!(total > 100, "the load made progress ({total} acknowledged)");
+    let arrivals = wait_until(Duration::from_secs(40), || {
+        let ids = control_ids(&file_destination_received(&out));
+        check_delivery(&acked, &ids)
+            .missing
+            .is_empty()
+            .then_some(ids)
+    })
+    .unwrap_or_else(|| {
+        let ids = control_ids(&file_destination_received(&out));
+        panic!("missing: {:?}", check_delivery(&acked, &ids).missing)
+    });
+    let report = check_delivery(&acked, &arrivals);
+    assert!(report.ok(), "{report:?}");
+    assert_eq!(report.duplicates, 0, "exactly once: {report:?}");
+}
+
+/// The hub stores messages but its answers are lost (the observer swallows everything the
+/// hub sends): the edge finds the link dead, dials again and sends them again; the hub
+/// recognises each as a resend (logged) and its destination gets each message once.
+#[test]
+fn link_lost_answers_resend_and_the_hub_drops_the_copies() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki_dir = tmp.path().join("pki");
+    pki(&pki_dir, &["stmarys"]);
+    let hub_data = tmp.path().join("hub");
+    let hub = Serve::start(
+        tmp.path(),
+        "hub",
+        &hub_config(&Hub {
+            pki: &pki_dir,
+            data: &hub_data,
+            edges: "[[link.edge]]\nname = \"stmarys\"\nchannels = [\"adt\"]\n",
+            channels: "",
+            admin: false,
+        })
+        // Only the edge finds the link dead: the hub keeps hearing its pings.
+        .replace("dead_after = \"2s\"", "dead_after = \"60s\""),
+    );
+    let relay = Relay::start(hub.link.unwrap());
+    let (cert, key) = edge_files(&pki_dir, "stmarys");
+    let edge = Serve::start(
+        tmp.path(),
+        "edge",
+        &edge_config(&Edge {
+            name: "stmarys",
+            data: &tmp.path().join("edge"),
+            hub: relay.addr,
+            trust: ca_trust(&pki_dir),
+            cert,
+            key,
+            link_extra: "",
+            adt_extra: "",
+            channels: "",
+        }),
+    );
+    edge.log(&["link to the hub open"]);
+    relay.freeze_replies();
+    let sent = messages(0, 5);
+    let mut conn = MllpConn::connect(edge.addr("adt"), WAIT).unwrap();
+    for m in &sent {
+        assert_eq!(ack_code(&conn.send(m).unwrap()).as_deref(), Some("AA"));
+    }
+    // The hub stored them all before the edge gave up on the link.
+    let out = hub_data.join("out");
+    wait_files(&out, 5);
+    edge.log(&["link dead: nothing received from hub"]);
+    hub.log(&["resent message stored already", "S0-4"]);
+    std::thread::sleep(Duration::from_millis(500));
+    let got = file_destination_received(&out);
+    assert_eq!(control_ids(&got), control_ids(&sent), "each once, in order");
 }

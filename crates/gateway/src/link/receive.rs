@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use causeway_store::{AttemptResult, DeliveryState, MessageId, Store, Timestamp};
 use tokio::task::JoinSet;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::proto::{Frame, Header, Verdict};
 use super::session::Session;
@@ -136,7 +136,11 @@ impl Receiver {
                 destinations,
             } => {
                 let original = duplicate_of.unwrap_or(stored_id);
-                debug!(%peer, %channel, %control_id, id = original, duplicate = duplicate_of.is_some(), "link message stored");
+                if duplicate_of.is_some() {
+                    info!(%peer, %channel, %control_id, id = original, "resent message stored already; not delivered again");
+                } else {
+                    debug!(%peer, %channel, %control_id, id = original, "link message stored");
+                }
                 session
                     .send(&Frame::new(Header::Stored {
                         dest: dest.clone(),
