@@ -346,11 +346,22 @@ fn link_carries_messages_both_ways_once_and_in_order() {
     assert_eq!(got, sent, "bytes unchanged across the link");
 
     // Outbound.
+    // Outbound: four by MLLP at the hub, then one injected by a cloud application through
+    // the admin API.
     let mut conn = MllpConn::connect(hub.addr("orders"), WAIT).unwrap();
     let outbound = messages(7, 5);
-    for m in &outbound {
+    for m in &outbound[..4] {
         assert_eq!(ack_code(&conn.send(m).unwrap()).as_deref(), Some("AA"));
     }
+    let admin = hub.admin.unwrap();
+    let body = serde_json::json!({ "message": String::from_utf8(outbound[4].clone()).unwrap() });
+    let (status, reply) = http(
+        admin,
+        "POST",
+        "/api/channels/orders/messages",
+        &body.to_string(),
+    );
+    assert!((200..300).contains(&status), "{status} {reply}");
     let arrived = wait_until(WAIT, || {
         let r = python_received(&onprem);
         (r.len() >= 5).then_some(r)
@@ -359,7 +370,6 @@ fn link_carries_messages_both_ways_once_and_in_order() {
     assert_eq!(arrived, control_ids(&outbound));
 
     // The on-premises ACK is recorded with each message at the hub.
-    let admin = hub.admin.unwrap();
     let delivered = wait_until(WAIT, || {
         let (status, body) = http(
             admin,
