@@ -1622,3 +1622,75 @@ fn link_lost_answers_resend_and_the_hub_drops_the_copies() {
     let got = file_destination_received(&out);
     assert_eq!(control_ids(&got), control_ids(&sent), "each once, in order");
 }
+
+/// A renewed hub certificate takes effect at the next connection, without a restart: an
+/// edge pinned to the new certificate is refused until the hub's files are replaced.
+#[test]
+fn link_renewed_certificate_needs_no_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki_dir = tmp.path().join("pki");
+    pki(&pki_dir, &["stmarys"]);
+    let live = tmp.path().join("live");
+    std::fs::create_dir_all(&live).unwrap();
+    std::fs::copy(pki_dir.join("hub-127.0.0.1.pem"), live.join("hub.pem")).unwrap();
+    std::fs::copy(pki_dir.join("hub-127.0.0.1.key"), live.join("hub.key")).unwrap();
+    let renewed = tmp.path().join("renewed");
+    let pin = certs(&[
+        "issue",
+        "--dir",
+        pki_dir.to_str().unwrap(),
+        "--hub",
+        "127.0.0.1",
+        "--out",
+        renewed.to_str().unwrap(),
+    ])
+    .lines()
+    .find_map(|l| l.strip_prefix("fingerprint sha256:").map(str::to_owned))
+    .unwrap();
+    let hub = Serve::start(
+        tmp.path(),
+        "hub",
+        &hub_config(&Hub {
+            pki: &pki_dir,
+            data: &tmp.path().join("hub"),
+            edges: "[[link.edge]]\nname = \"stmarys\"\nchannels = [\"adt\"]\n",
+            channels: "",
+            admin: false,
+        })
+        .replace(
+            &format!("{:?}", pki_dir.join("hub-127.0.0.1.pem")),
+            &format!("{:?}", live.join("hub.pem")),
+        )
+        .replace(
+            &format!("{:?}", pki_dir.join("hub-127.0.0.1.key")),
+            &format!("{:?}", live.join("hub.key")),
+        ),
+    );
+    let (cert, key) = edge_files(&pki_dir, "stmarys");
+    let edge = Serve::start(
+        tmp.path(),
+        "edge",
+        &edge_config(&Edge {
+            name: "stmarys",
+            data: &tmp.path().join("edge"),
+            hub: hub.link.unwrap(),
+            trust: format!("hub_pin = \"{pin}\""),
+            cert,
+            key,
+            link_extra: "",
+            adt_extra: "",
+            channels: "",
+        }),
+    );
+    edge.log(&["hub certificate does not match hub_pin"]);
+    // Replace key first, then certificate, each atomically (a rename), as a renewal would.
+    for (from, to) in [
+        ("hub-127.0.0.1.key", "hub.key"),
+        ("hub-127.0.0.1.pem", "hub.pem"),
+    ] {
+        let staged = live.join(format!(".{to}"));
+        std::fs::copy(renewed.join(from), &staged).unwrap();
+        std::fs::rename(&staged, live.join(to)).unwrap();
+    }
+    edge.log(&["link to the hub open"]);
+}

@@ -38,7 +38,7 @@ pub struct KnownEdge {
 pub async fn run(
     link: Arc<Link>,
     listener: TcpListener,
-    tls: Arc<rustls::ServerConfig>,
+    tls: Arc<super::tls::Reloading<rustls::ServerConfig>>,
     edges: Arc<Vec<KnownEdge>>,
     receiver: Receiver,
     stop: CancellationToken,
@@ -63,7 +63,7 @@ pub async fn run(
             continue;
         };
         let link = link.clone();
-        let tls = tls.clone();
+        let tls = tls.current();
         let edges = edges.clone();
         let receiver = receiver.clone();
         let stop = stop.clone();

@@ -446,8 +446,14 @@ pub async fn start(
                 .map(str::parse::<causeway_mllp::tls::Fingerprint>)
                 .transpose()
                 .map_err(|e| format!("link.hub_pin: {e}"))?;
-            let tls = tls::client_config(lc.hub_ca.as_deref(), pin, &lc.cert, &lc.key, lc.tls12)
-                .map_err(|e| format!("link TLS: {e}"))?;
+            let tls = {
+                let (ca, cert, key, tls12) =
+                    (lc.hub_ca.clone(), lc.cert.clone(), lc.key.clone(), lc.tls12);
+                tls::Reloading::new(move || {
+                    tls::client_config(ca.as_deref(), pin, &cert, &key, tls12)
+                })
+                .map_err(|e| format!("link TLS: {e}"))?
+            };
             let proxy = match &lc.proxy {
                 Some(p) => {
                     let (host, port) = transport::proxy_address(p)
@@ -468,7 +474,7 @@ pub async fn start(
             let dial = transport::Dial {
                 server_name: lc.server_name.clone().unwrap_or_else(|| url.host.clone()),
                 url,
-                tls,
+                tls: Arc::new(tls),
                 proxy,
                 timeout: lc.connect_timeout.0,
                 max_frame,
@@ -481,8 +487,18 @@ pub async fn start(
                 .client_ca
                 .as_deref()
                 .ok_or("link.client_ca is required")?;
-            let tls = tls::server_config(&lc.cert, &lc.key, client_ca, lc.tls12)
-                .map_err(|e| format!("link TLS: {e}"))?;
+            let tls = {
+                let (cert, key, ca, tls12) = (
+                    lc.cert.clone(),
+                    lc.key.clone(),
+                    client_ca.to_owned(),
+                    lc.tls12,
+                );
+                Arc::new(
+                    tls::Reloading::new(move || tls::server_config(&cert, &key, &ca, tls12))
+                        .map_err(|e| format!("link TLS: {e}"))?,
+                )
+            };
             let edges = lc
                 .edges
                 .iter()

@@ -5,7 +5,7 @@
 //! both.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use causeway_mllp::tls::Fingerprint;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -18,6 +18,49 @@ use rustls::{
     SignatureScheme,
 };
 use tracing::warn;
+
+/// A TLS configuration rebuilt from its files for each connection, so that renewed
+/// certificates take effect without a restart (links are opened rarely, so reading a few
+/// files each time costs nothing). When the files cannot be used, the last good
+/// configuration stays, with a warning.
+pub struct Reloading<T> {
+    build: Box<dyn Fn() -> Result<Arc<T>, String> + Send + Sync>,
+    last: Mutex<Arc<T>>,
+}
+
+impl<T> std::fmt::Debug for Reloading<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Reloading(..)")
+    }
+}
+
+impl<T> Reloading<T> {
+    /// Builds once now: a configuration that cannot be built at start is an error.
+    pub fn new(
+        build: impl Fn() -> Result<Arc<T>, String> + Send + Sync + 'static,
+    ) -> Result<Reloading<T>, String> {
+        let first = build()?;
+        Ok(Reloading {
+            build: Box::new(build),
+            last: Mutex::new(first),
+        })
+    }
+
+    /// The configuration for the next connection.
+    pub fn current(&self) -> Arc<T> {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        match (self.build)() {
+            Ok(config) => {
+                *last = config.clone();
+                config
+            }
+            Err(error) => {
+                warn!(%error, "link TLS files cannot be used; keeping the previous configuration");
+                last.clone()
+            }
+        }
+    }
+}
 
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())

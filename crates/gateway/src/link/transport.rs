@@ -49,7 +49,7 @@ pub struct Dial {
     /// The name checked in the hub's certificate.
     pub server_name: String,
     /// TLS.
-    pub tls: Arc<rustls::ClientConfig>,
+    pub tls: Arc<super::tls::Reloading<rustls::ClientConfig>>,
     /// An HTTP CONNECT proxy on the way.
     pub proxy: Option<Proxy>,
     /// Bound on each step.
@@ -117,7 +117,7 @@ pub async fn dial(d: &Dial) -> Result<(Ws, Option<PeerIdentity>), DialError> {
     }
     let name = rustls::pki_types::ServerName::try_from(d.server_name.clone())
         .map_err(|_| DialError::Upgrade(format!("invalid server name {:?}", d.server_name)))?;
-    let connector = tokio_rustls::TlsConnector::from(d.tls.clone());
+    let connector = tokio_rustls::TlsConnector::from(d.tls.current());
     let tls = step(
         "TLS handshake",
         d.timeout,
