@@ -1694,3 +1694,66 @@ fn link_renewed_certificate_needs_no_restart() {
     }
     edge.log(&["link to the hub open"]);
 }
+
+/// `end_to_end` with a hub-side destination slower than the edge's `ack_timeout`: the EHR
+/// gets an AE saying so, and the message, stored all along, is still delivered once.
+#[test]
+fn link_end_to_end_times_out_with_ae_and_still_delivers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki_dir = tmp.path().join("pki");
+    pki(&pki_dir, &["stmarys"]);
+    let inbox = tmp.path().join("inbox");
+    let (_slow, port) = crate::support::causeway_listen(&[
+        "--delay",
+        "3s",
+        "--quiet",
+        "--out",
+        inbox.to_str().unwrap(),
+    ]);
+    let hub = Serve::start(
+        tmp.path(),
+        "hub",
+        &hub_config(&Hub {
+            pki: &pki_dir,
+            data: &tmp.path().join("hub"),
+            edges: "[[link.edge]]\nname = \"stmarys\"\nchannels = [\"adt\", \"results\"]\n",
+            channels: &format!(
+                "[[channel]]\nname = \"results\"\n\n[[channel.destination]]\nname = \"app\"\ntype = \"mllp\"\n\
+                 to = \"127.0.0.1:{port}\"\nack_timeout = \"10s\"\n"
+            ),
+            admin: false,
+        }),
+    );
+    let (cert, key) = edge_files(&pki_dir, "stmarys");
+    let edge = Serve::start(
+        tmp.path(),
+        "edge",
+        &edge_config(&Edge {
+            name: "stmarys",
+            data: &tmp.path().join("edge"),
+            hub: hub.link.unwrap(),
+            trust: ca_trust(&pki_dir),
+            cert,
+            key,
+            link_extra: "",
+            adt_extra: "",
+            channels: "[[channel]]\nname = \"results\"\nack = \"end_to_end\"\nack_timeout = \"1s\"\n\n\
+                       [channel.source]\nbind = \"127.0.0.2:0\"\n\n[[channel.destination]]\nname = \"results-hub\"\ntype = \"link\"\n",
+        }),
+    );
+    edge.log(&["link to the hub open"]);
+    let mut conn = MllpConn::connect(edge.addr("results"), WAIT).unwrap();
+    let message = load_message(4, 1);
+    let reply = conn.send(&message).unwrap();
+    let text = String::from_utf8_lossy(&reply).into_owned();
+    assert_eq!(ack_code(&reply).as_deref(), Some("AE"), "{text}");
+    assert!(text.contains("did not answer within"), "{text}");
+    let got = wait_until(WAIT, || {
+        let got = causeway_testkit::e2e::listen_received(&inbox);
+        (!got.is_empty()).then_some(got)
+    })
+    .expect("delivered after the timeout");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(causeway_testkit::e2e::listen_received(&inbox).len(), 1);
+    assert_eq!(got[0], message);
+}
