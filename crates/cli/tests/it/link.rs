@@ -419,6 +419,11 @@ fn link_carries_messages_both_ways_once_and_in_order() {
         metrics.contains("causeway_link_up{peer=\"stmarys\"} 1"),
         "{metrics}"
     );
+
+    // SIGTERM stops both cleanly with the link open.
+    let (mut edge, mut hub) = (edge, hub);
+    assert!(edge.child.terminate(WAIT).success());
+    assert!(hub.child.terminate(WAIT).success());
 }
 
 /// A TCP relay that records every byte and can cut its connections: the observer between
