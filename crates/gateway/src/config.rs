@@ -203,6 +203,20 @@ pub struct AdminConfig {
     /// Turn the admin API off.
     #[serde(default)]
     pub disabled: bool,
+    /// Most connections open at once; more wait to be accepted. Default 64.
+    #[serde(default = "default_admin_max_connections")]
+    pub max_connections: usize,
+    /// A connection that sends nothing for this long is closed (a client stuck halfway
+    /// through its request headers included). Default `60s`.
+    #[serde(default = "default_admin_idle_timeout")]
+    pub idle_timeout: Dur,
+}
+
+fn default_admin_max_connections() -> usize {
+    64
+}
+fn default_admin_idle_timeout() -> Dur {
+    Dur(Duration::from_secs(60))
 }
 
 fn default_admin_bind() -> SocketAddr {
@@ -219,6 +233,8 @@ impl Default for AdminConfig {
             token: None,
             token_name: default_token_name(),
             disabled: false,
+            max_connections: default_admin_max_connections(),
+            idle_timeout: default_admin_idle_timeout(),
         }
     }
 }

@@ -79,6 +79,8 @@ pub struct Gateway {
     pub link: Option<Arc<crate::link::Link>>,
     /// Where a hub's link listener listens.
     pub link_listening: Option<SocketAddr>,
+    /// Channels whose listener stopped on its own, with why (`/readyz` reports them).
+    pub listener_failures: Arc<std::sync::Mutex<BTreeMap<String, String>>>,
 }
 
 /// How long listeners may take to finish messages in hand after the stop signal.
@@ -116,6 +118,7 @@ impl Gateway {
         let mut wakers = BTreeMap::new();
         let mut listening = BTreeMap::new();
         let workers_stop = CancellationToken::new();
+        let listener_failures = Arc::new(std::sync::Mutex::new(BTreeMap::new()));
         let mut workers = JoinSet::new();
 
         for channel in &config.channels {
@@ -227,15 +230,22 @@ impl Gateway {
             info!(channel = %channel.name, addr = %local, tls = src.tls.is_some(), destinations = channel.destinations.len(), "channel listening");
             let stop = stopping.clone();
             let name = channel.name.clone();
+            let failures = Arc::clone(&listener_failures);
             tasks.spawn(async move {
-                if let Err(e) =
-                    server::run(listener, ChannelHandler(ingest), settings, async move {
-                        stop.cancelled().await
-                    })
-                    .await
-                {
-                    error!(channel = %name, error = %e, "listener failed");
-                }
+                let stop_signal = stop.clone();
+                let served = server::run(listener, ChannelHandler(ingest), settings, async move {
+                    stop_signal.cancelled().await
+                })
+                .await;
+                let why = match served {
+                    Err(e) => e.to_string(),
+                    Ok(()) if !stop.is_cancelled() => "the listener stopped".to_owned(),
+                    Ok(()) => return,
+                };
+                error!(channel = %name, error = %why, "listener failed");
+                // std Mutex: held for an insert, never across an await.
+                let mut failed = failures.lock().unwrap_or_else(|p| p.into_inner());
+                failed.insert(name, why);
             });
         }
 
@@ -290,6 +300,7 @@ impl Gateway {
             admin,
             link,
             link_listening,
+            listener_failures,
         });
         if let Some(listener) = admin_listener {
             tasks.spawn(crate::admin::serve(listener, gateway.clone())?);

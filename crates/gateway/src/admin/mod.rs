@@ -32,6 +32,7 @@
 pub mod auth;
 pub mod doctor;
 pub mod error;
+pub mod listener;
 pub mod messages;
 pub mod status;
 pub mod time;
@@ -217,8 +218,14 @@ pub fn serve(
 ) -> Result<impl Future<Output = ()> + Send + 'static, GatewayError> {
     let state = AppState::new(gateway.clone())?;
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
-    let addr = listener
-        .local_addr()
+    let limits = &gateway.config.admin;
+    // `tap_io` only so that handlers get `ConnectInfo<SocketAddr>`, which axum provides
+    // for a tapped listener of any kind.
+    let listener = axum::serve::ListenerExt::tap_io(
+        listener::BoundedListener::new(listener, limits.max_connections, limits.idle_timeout.0),
+        |_| {},
+    );
+    let addr = axum::serve::Listener::local_addr(&listener)
         .map_or_else(|e| e.to_string(), |a| a.to_string());
     Ok(async move {
         info!(%addr, token = gateway.config.admin.token.is_some(), "admin API listening");

@@ -48,6 +48,16 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
             reasons.push(format!("channel {} is not listening", channel.name));
         }
     }
+    {
+        // std Mutex: held for a copy, never across an await.
+        let failed = gateway
+            .listener_failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for (channel, why) in failed.iter() {
+            reasons.push(format!("channel {channel} stopped listening: {why}"));
+        }
+    }
     if let Err(e) = store_health(&state).await {
         reasons.push(format!("store: {e}"));
     }

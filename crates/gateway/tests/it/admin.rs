@@ -252,6 +252,25 @@ async fn probes_metrics_and_channels() {
     let wrong = h.call("DELETE", "/api/channels", None).await;
     assert_eq!(wrong.status, StatusCode::METHOD_NOT_ALLOWED);
 
+    // A listener that stops after start makes the gateway unready, naming the channel.
+    h.gateway
+        .listener_failures
+        .lock()
+        .unwrap()
+        .insert("adt".into(), "accept failed".into());
+    let unready = h.get("/readyz").await;
+    assert_eq!(unready.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        unready.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("channel adt stopped listening: accept failed"),
+        "{}",
+        unready.text
+    );
+    h.gateway.listener_failures.lock().unwrap().clear();
+    assert_eq!(h.get("/readyz").await.status, StatusCode::OK);
+
     // A store that cannot commit makes the gateway unready, not dead.
     h.gateway.store.close().await.unwrap();
     // (The store check is reused for up to a second.)

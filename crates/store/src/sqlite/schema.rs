@@ -2,7 +2,9 @@
 //!
 //! # Connection settings
 //! `journal_mode=WAL` (readers never block the writer), `synchronous=FULL` (a commit
-//! returns only after the WAL is synced: the ACK-after-commit promise), `foreign_keys=OFF`
+//! returns only after the WAL is synced: the ACK-after-commit promise; the writer's own
+//! connection switches to `NORMAL` and syncs the WAL itself, on a second thread, before
+//! it answers: see `writer::Committed`), `foreign_keys=OFF`
 //! (the writer deletes children itself; checks would cost on every insert), a 64 MiB
 //! page cache, and `wal_autocheckpoint=16384` as a backstop behind the checkpointer
 //! thread.

@@ -140,13 +140,28 @@ impl WriterState {
 pub(super) fn run(
     mut conn: Connection,
     checkpoint_conn: Connection,
+    wal: std::fs::File,
     mut rx: mpsc::Receiver<Command>,
     mut state: WriterState,
     max_batch: usize,
 ) {
+    let wal = Arc::new(wal);
+    let (to_syncer, synced) = std::sync::mpsc::sync_channel::<Committed>(SYNC_QUEUE);
+    let syncer_wal = Arc::clone(&wal);
+    let syncer = std::thread::Builder::new()
+        .name("cw-store-sync".into())
+        .spawn(move || sync_loop(&syncer_wal, &synced));
+    let (to_syncer, syncer) = match syncer {
+        Ok(handle) => (Some(to_syncer), Some(handle)),
+        Err(e) => {
+            // Not fatal: every batch is then synced on the writer thread.
+            tracing::warn!(error = %e, "store sync thread did not start");
+            (None, None)
+        }
+    };
     let (stop_checkpoints, stopped) = std::sync::mpsc::channel::<()>();
     let checkpointer = std::thread::Builder::new()
-        .name("causeway-store-checkpoint".into())
+        .name("cw-store-ckpt".into())
         .spawn(move || checkpoint_loop(&checkpoint_conn, &stopped));
     if let Err(e) = &checkpointer {
         // Not fatal: the writer's own auto-checkpoint still bounds the WAL.
@@ -182,8 +197,27 @@ pub(super) fn run(
         }
         last_batch = jobs.len();
         if !jobs.is_empty() {
-            commit_batch(&mut conn, &mut state, &mut jobs);
+            let commit_error = commit_batch(&mut conn, &mut state, &mut jobs);
+            let batch = Committed {
+                jobs: std::mem::replace(&mut jobs, Vec::with_capacity(max_batch)),
+                commit_error,
+            };
+            // Under load (more requests queued), the sync thread syncs this batch while
+            // the writer applies the next one. Otherwise syncing here saves a hand-off.
+            match &to_syncer {
+                Some(syncer) if !rx.is_empty() => {
+                    if let Err(std::sync::mpsc::SendError(batch)) = syncer.send(batch) {
+                        batch.sync_and_answer(&wal);
+                    }
+                }
+                _ => batch.sync_and_answer(&wal),
+            }
         }
+    }
+    // Answers what is still being synced before the database is closed.
+    drop(to_syncer);
+    if let Some(handle) = syncer {
+        let _ = handle.join();
     }
     drop(stop_checkpoints);
     if let Ok(handle) = checkpointer {
@@ -259,14 +293,16 @@ fn checkpoint_loop(conn: &Connection, stop: &std::sync::mpsc::Receiver<()>) {
     }
 }
 
-fn commit_batch(conn: &mut Connection, state: &mut WriterState, jobs: &mut Vec<Box<dyn Job>>) {
+/// Runs a batch in one transaction and commits it (without a sync: see [`Committed`]).
+/// Returns why the batch failed, if it did; the jobs are answered after the sync.
+fn commit_batch(
+    conn: &mut Connection,
+    state: &mut WriterState,
+    jobs: &mut [Box<dyn Job>],
+) -> Option<String> {
     if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
         tracing::error!(error = %e, "store batch could not begin");
-        let msg = e.to_string();
-        for job in jobs.drain(..) {
-            job.finish(Some(&msg));
-        }
-        return;
+        return Some(e.to_string());
     }
     let mut failure = None;
     for job in jobs.iter_mut() {
@@ -286,16 +322,58 @@ fn commit_batch(conn: &mut Connection, state: &mut WriterState, jobs: &mut Vec<B
         state.known_destinations.clear();
     }
     state.counters.batch(jobs.len(), commit_error.is_none());
-    for job in jobs.drain(..) {
-        job.finish(commit_error.as_deref());
+    commit_error
+}
+
+/// Batches waiting for the sync thread. Two keep the writer one batch ahead of the disk;
+/// beyond that it waits, so the queue of committed but unsynced work stays short.
+const SYNC_QUEUE: usize = 2;
+
+/// A committed batch whose callers are answered once the WAL is synced.
+///
+/// The writer's connection runs with `synchronous=NORMAL`: `COMMIT` writes the batch's
+/// frames to the WAL without syncing it. Syncing the WAL file afterwards, from any file
+/// handle, makes those frames durable, exactly as `synchronous=FULL` would have at the
+/// commit, and no caller hears `Ok` before that. Doing it on another thread lets the
+/// writer apply the next batch while the disk syncs this one (group commit, pipelined).
+pub(super) struct Committed {
+    jobs: Vec<Box<dyn Job>>,
+    commit_error: Option<String>,
+}
+
+impl Committed {
+    /// Syncs the WAL (if the batch committed) and answers every caller.
+    fn sync_and_answer(self, wal: &std::fs::File) {
+        let error = match self.commit_error {
+            Some(e) => Some(e),
+            None => wal.sync_data().err().map(|e| {
+                tracing::error!(error = %e, batch = self.jobs.len(), "store WAL sync failed");
+                format!("sync the write-ahead log: {e}")
+            }),
+        };
+        for job in self.jobs {
+            job.finish(error.as_deref());
+        }
+    }
+}
+
+/// The sync thread: syncs and answers committed batches in order until the writer stops.
+fn sync_loop(wal: &std::fs::File, batches: &std::sync::mpsc::Receiver<Committed>) {
+    while let Ok(batch) = batches.recv() {
+        batch.sync_and_answer(wal);
     }
 }
 
 // === messages ===
 
-pub(super) fn ingest(conn: &Connection, st: &mut WriterState, m: &NewMessage) -> Result<Ingested> {
+/// `key` is `m.dedup_key()`, computed by the caller off the writer thread.
+pub(super) fn ingest(
+    conn: &Connection,
+    st: &mut WriterState,
+    m: &NewMessage,
+    key: &[u8; 32],
+) -> Result<Ingested> {
     let destinations = m.validated_destinations()?;
-    let key = m.dedup_key();
     let received = m.received_at.as_millis();
     let duplicate_of = if st.dedup_window.is_zero() {
         None
