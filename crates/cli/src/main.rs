@@ -110,6 +110,15 @@ enum Command {
     ///   causeway doctor lab.example.org:6661 --tls --json --timeout 2s
     #[command(verbatim_doc_comment)]
     Doctor(cmd::doctor::Args),
+
+    /// Certificates for the edge/hub link: a private CA and the certificates it signs.
+    ///
+    /// Examples:
+    ///   causeway certs init --dir pki
+    ///   causeway certs issue --dir pki --hub hub.example.org
+    ///   causeway certs issue --dir pki --edge stmarys
+    #[command(subcommand, verbatim_doc_comment)]
+    Certs(cmd::certs::Command),
 }
 
 #[derive(Debug, Subcommand)]
@@ -123,6 +132,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Parse(args) => cmd::parse::run(&args),
         Command::Config(ConfigCommand::Check(args)) => Ok(cmd::serve::check(&args)),
+        Command::Certs(command) => cmd::certs::run(&command),
         Command::Serve(args) => runtime().and_then(|rt| {
             cmd::common::init_logging(cli.log_format, "info");
             rt.block_on(cmd::serve::run(&args))

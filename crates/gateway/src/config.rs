@@ -37,7 +37,7 @@ pub enum ConfigError {
     },
 }
 
-fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+pub(crate) fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.into(),
         reason: reason.into(),
@@ -137,6 +137,9 @@ pub struct Config {
     /// The channels: each one listener, optional filters, one or more destinations.
     #[serde(default, rename = "channel")]
     pub channels: Vec<ChannelConfig>,
+    /// The edge/hub link (see [`crate::link`]): an edge has `hub = "wss://..."`, a hub has
+    /// `listen = "..."`. Absent: no link.
+    pub link: Option<crate::link::config::LinkConfig>,
 }
 
 /// `[store]`
@@ -358,6 +361,9 @@ pub enum AckPolicy {
     /// Wait for the first destination's outcome (up to `ack_timeout`) and relay it; AE on
     /// timeout. The message is stored first and still delivered later either way.
     AfterDelivery,
+    /// On an edge whose first destination is the link: wait for the hub-side destination's
+    /// acknowledgement (up to `ack_timeout`) and relay it; AE on timeout.
+    EndToEnd,
 }
 
 /// `[[channel]]`
@@ -372,8 +378,9 @@ pub struct ChannelConfig {
     /// With `ack = "after_delivery"`, how long to wait for the destination. Default `"10s"`.
     #[serde(default = "default_ack_timeout")]
     pub ack_timeout: Dur,
-    /// The MLLP listener messages arrive on.
-    pub source: SourceConfig,
+    /// The MLLP listener messages arrive on. A channel without one takes messages from the
+    /// link and the admin API only.
+    pub source: Option<SourceConfig>,
     /// Where messages go; at least one.
     #[serde(rename = "destination")]
     pub destinations: Vec<DestinationConfig>,
@@ -504,6 +511,8 @@ pub enum DestinationKind {
     Http(HttpDestination),
     /// One file per message in a directory, written atomically.
     File(FileDestination),
+    /// Over the edge/hub link to a channel of the peer.
+    Link(crate::link::config::LinkDestination),
 }
 
 /// `type = "mllp"`
@@ -743,37 +752,8 @@ impl Config {
                     format!("duplicate channel name {:?}", c.name),
                 ));
             }
-            if !binds.insert(c.source.bind) {
-                return Err(invalid(
-                    format!("{key}.source.bind"),
-                    format!("{} is used by another channel", c.source.bind),
-                ));
-            }
-            c.source
-                .framing
-                .validate(&format!("{key}.source.framing"))?;
-            if c.source.max_connections == 0 {
-                return Err(invalid(
-                    format!("{key}.source.max_connections"),
-                    "must be at least 1",
-                ));
-            }
-            if let Some(tls) = &c.source.tls {
-                for (j, rule) in tls.allow_clients.iter().enumerate() {
-                    rule.parse::<causeway_mllp::tls::IdentityRule>()
-                        .map_err(|e| {
-                            invalid(
-                                format!("{key}.source.tls.allow_clients[{j}]"),
-                                e.to_string(),
-                            )
-                        })?;
-                }
-                if !tls.allow_clients.is_empty() && tls.client_ca.is_none() {
-                    return Err(invalid(
-                        format!("{key}.source.tls.allow_clients"),
-                        "needs client_ca",
-                    ));
-                }
+            if let Some(source) = &c.source {
+                source.validate(&key, &mut binds)?;
             }
             if c.destinations.is_empty() {
                 return Err(invalid(
@@ -799,55 +779,10 @@ impl Config {
                         "must be at least 1",
                     ));
                 }
-                match &d.kind {
-                    DestinationKind::Mllp(m) => {
-                        m.framing.validate(&format!("{dkey}.framing"))?;
-                        if !m.to.contains(':') {
-                            return Err(invalid(
-                                format!("{dkey}.to"),
-                                format!("{:?} is not host:port", m.to),
-                            ));
-                        }
-                        if let Some(tls) = &m.tls {
-                            if tls.ca.is_none() && tls.pin.is_none() {
-                                return Err(invalid(format!("{dkey}.tls"), "needs ca or pin"));
-                            }
-                            if let Some(pin) = &tls.pin {
-                                pin.parse::<causeway_mllp::tls::Fingerprint>()
-                                    .map_err(|e| {
-                                        invalid(format!("{dkey}.tls.pin"), e.to_string())
-                                    })?;
-                            }
-                        }
-                    }
-                    DestinationKind::Http(h) => {
-                        if !(h.url.starts_with("http://") || h.url.starts_with("https://")) {
-                            return Err(invalid(
-                                format!("{dkey}.url"),
-                                format!("{:?} is not an http:// or https:// URL", h.url),
-                            ));
-                        }
-                        if let Some(token) = &h.bearer_token {
-                            token.resolve(&format!("{dkey}.bearer_token"))?;
-                        }
-                    }
-                    DestinationKind::File(f) => {
-                        if f.filename.contains('/') || f.filename.contains("..") {
-                            return Err(invalid(
-                                format!("{dkey}.filename"),
-                                "must be a file name, not a path",
-                            ));
-                        }
-                        if !f.filename.contains("{id}") {
-                            return Err(invalid(
-                                format!("{dkey}.filename"),
-                                "must contain {id} so names never collide",
-                            ));
-                        }
-                    }
-                }
+                d.kind.validate(&dkey)?;
             }
         }
+        crate::link::config::validate(self)?;
         if !self.admin.disabled {
             match &self.admin.token {
                 Some(token) if token.resolve("admin.token")?.len() < 16 => {
@@ -870,7 +805,96 @@ impl Config {
     }
 }
 
-fn check_name(key: &str, name: &str) -> Result<(), ConfigError> {
+impl SourceConfig {
+    fn validate(&self, key: &str, binds: &mut HashSet<SocketAddr>) -> Result<(), ConfigError> {
+        if !binds.insert(self.bind) {
+            return Err(invalid(
+                format!("{key}.source.bind"),
+                format!("{} is used by another channel", self.bind),
+            ));
+        }
+        self.framing.validate(&format!("{key}.source.framing"))?;
+        if self.max_connections == 0 {
+            return Err(invalid(
+                format!("{key}.source.max_connections"),
+                "must be at least 1",
+            ));
+        }
+        if let Some(tls) = &self.tls {
+            for (j, rule) in tls.allow_clients.iter().enumerate() {
+                rule.parse::<causeway_mllp::tls::IdentityRule>()
+                    .map_err(|e| {
+                        invalid(
+                            format!("{key}.source.tls.allow_clients[{j}]"),
+                            e.to_string(),
+                        )
+                    })?;
+            }
+            if !tls.allow_clients.is_empty() && tls.client_ca.is_none() {
+                return Err(invalid(
+                    format!("{key}.source.tls.allow_clients"),
+                    "needs client_ca",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl DestinationKind {
+    fn validate(&self, dkey: &str) -> Result<(), ConfigError> {
+        match self {
+            DestinationKind::Mllp(m) => {
+                m.framing.validate(&format!("{dkey}.framing"))?;
+                if !m.to.contains(':') {
+                    return Err(invalid(
+                        format!("{dkey}.to"),
+                        format!("{:?} is not host:port", m.to),
+                    ));
+                }
+                if let Some(tls) = &m.tls {
+                    if tls.ca.is_none() && tls.pin.is_none() {
+                        return Err(invalid(format!("{dkey}.tls"), "needs ca or pin"));
+                    }
+                    if let Some(pin) = &tls.pin {
+                        pin.parse::<causeway_mllp::tls::Fingerprint>()
+                            .map_err(|e| invalid(format!("{dkey}.tls.pin"), e.to_string()))?;
+                    }
+                }
+            }
+            DestinationKind::Http(h) => {
+                if !(h.url.starts_with("http://") || h.url.starts_with("https://")) {
+                    return Err(invalid(
+                        format!("{dkey}.url"),
+                        format!("{:?} is not an http:// or https:// URL", h.url),
+                    ));
+                }
+                if let Some(token) = &h.bearer_token {
+                    token.resolve(&format!("{dkey}.bearer_token"))?;
+                }
+            }
+            DestinationKind::File(f) => {
+                if f.filename.contains('/') || f.filename.contains("..") {
+                    return Err(invalid(
+                        format!("{dkey}.filename"),
+                        "must be a file name, not a path",
+                    ));
+                }
+                if !f.filename.contains("{id}") {
+                    return Err(invalid(
+                        format!("{dkey}.filename"),
+                        "must contain {id} so names never collide",
+                    ));
+                }
+            }
+            // Checked with the [link] section, which it depends on.
+            DestinationKind::Link(_) => {}
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn check_name(key: &str, name: &str) -> Result<(), ConfigError> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && name
@@ -913,7 +937,10 @@ mod tests {
     #[test]
     fn embedded_default_is_valid() {
         let c = Config::embedded_default();
-        assert_eq!(c.channels[0].source.bind, "127.0.0.1:2575".parse().unwrap());
+        assert_eq!(
+            c.channels[0].source.as_ref().unwrap().bind,
+            "127.0.0.1:2575".parse().unwrap()
+        );
         assert_eq!(c.channels[0].ack, AckPolicy::AfterStore);
     }
 
@@ -955,6 +982,8 @@ mod tests {
         assert_eq!(
             Config::parse(&custom).unwrap().channels[0]
                 .source
+                .as_ref()
+                .unwrap()
                 .framing
                 .start,
             0x02
@@ -1059,8 +1088,8 @@ mod example_tests {
         assert_eq!(c.store.max_age, d.store.max_age);
         assert_eq!(c.store.max_bytes, d.store.max_bytes);
         assert_eq!(c.admin.bind, d.admin.bind);
-        let source = &c.channels[0].source;
-        let default_source = &d.channels[0].source;
+        let source = c.channels[0].source.as_ref().unwrap();
+        let default_source = d.channels[0].source.as_ref().unwrap();
         assert_eq!(source.max_connections, default_source.max_connections);
         assert_eq!(source.max_message_size, default_source.max_message_size);
         assert_eq!(source.idle_timeout, default_source.idle_timeout);

@@ -77,6 +77,10 @@ pub struct Gateway {
     pub stopping: CancellationToken,
     /// Where the admin API listens (`None` when disabled).
     pub admin: Option<SocketAddr>,
+    /// The edge/hub link, when configured.
+    pub link: Option<Arc<crate::link::Link>>,
+    /// Where a hub's link listener listens.
+    pub link_listening: Option<SocketAddr>,
     /// Channels whose listener stopped on its own, with why (`/readyz` reports them).
     pub listener_failures: Arc<std::sync::Mutex<BTreeMap<String, String>>>,
     /// This node's id in the delivery leases.
@@ -126,6 +130,17 @@ impl Gateway {
         for channel in &config.channels {
             let mut routes = Vec::new();
             for dest in &channel.destinations {
+                if matches!(dest.kind, crate::config::DestinationKind::Link(_)) {
+                    // Its worker is the link's (started below, with the link).
+                    let wake = Arc::new(Notify::new());
+                    wakers.insert(dest.name.clone(), wake.clone());
+                    routes.push(Route {
+                        destination: dest.name.clone(),
+                        filter: Filter::new(&dest.filter),
+                        wake,
+                    });
+                    continue;
+                }
                 let sender =
                     Sender::new(&channel.name, dest).map_err(|reason| GatewayError::Setup {
                         what: format!("channel {} destination {}", channel.name, dest.name),
@@ -163,7 +178,10 @@ impl Gateway {
             });
             channels.insert(channel.name.clone(), ingest.clone());
 
-            let src = &channel.source;
+            let Some(src) = &channel.source else {
+                info!(channel = %channel.name, destinations = channel.destinations.len(), "channel without listener (link and admin API only)");
+                continue;
+            };
             let listener =
                 TcpListener::bind(src.bind)
                     .await
@@ -238,6 +256,30 @@ impl Gateway {
             });
         }
 
+        let started = crate::link::start(
+            crate::link::Parts {
+                config: &config,
+                channels: Arc::new(channels.clone()),
+                store: store.clone(),
+                metrics: metrics.clone(),
+                waiters: waiters.clone(),
+                wakers: &wakers,
+            },
+            &mut tasks,
+            &mut workers,
+            &stopping,
+            &workers_stop,
+        )
+        .await
+        .map_err(|reason| GatewayError::Setup {
+            what: "link".to_owned(),
+            reason,
+        })?;
+        let (link, link_listening) = match started {
+            Some(s) => (Some(s.link), s.listening),
+            None => (None, None),
+        };
+
         let admin_listener = if config.admin.disabled {
             None
         } else {
@@ -263,6 +305,8 @@ impl Gateway {
             listening,
             stopping: stopping.clone(),
             admin,
+            link,
+            link_listening,
             listener_failures,
             node_id: lease.node_id.clone(),
         });

@@ -82,8 +82,24 @@ pub enum Stored {
 impl ChannelIngest {
     /// Parses, routes and stores `raw`, received from `peer`.
     pub async fn store(&self, raw: Bytes, peer: String, tls_identity: Option<String>) -> Stored {
+        let now = Timestamp::from(SystemTime::now());
+        self.store_received_at(raw, peer, tls_identity, now).await
+    }
+
+    /// [`ChannelIngest::store`] with the time of receipt given: the link stores a message
+    /// with the time its sender received it, so that a resend is found as a duplicate.
+    pub async fn store_received_at(
+        &self,
+        raw: Bytes,
+        peer: String,
+        tls_identity: Option<String>,
+        received_at: Timestamp,
+    ) -> Stored {
         match Message::parse(&raw) {
-            Ok(msg) => self.store_parsed(&raw, &msg, peer, tls_identity).await,
+            Ok(msg) => {
+                self.store_parsed(&raw, &msg, peer, tls_identity, received_at)
+                    .await
+            }
             Err(e) => {
                 self.quarantine(&raw, e.to_string(), peer, tls_identity)
                     .await;
@@ -121,8 +137,8 @@ impl ChannelIngest {
         msg: &Message<'_>,
         peer: String,
         tls_identity: Option<String>,
+        received_at: Timestamp,
     ) -> Stored {
-        let received_at = Timestamp::from(SystemTime::now());
         if msg.control_id().is_none() {
             // An ACK names its message by MSA-2 = MSH-10: without one the sender could not
             // match our AA, and an MLLP destination could not match its receiver's. Refuse it
@@ -240,7 +256,8 @@ impl ChannelIngest {
                 return nak_for_parse_error(&raw, &e, &self.control_ids, SystemTime::now()).into();
             }
         };
-        let stored = self.store_parsed(&raw, &msg, peer, identity).await;
+        let now = Timestamp::from(SystemTime::now());
+        let stored = self.store_parsed(&raw, &msg, peer, identity, now).await;
         let mode = AckMode::of(&msg);
         let (code, text, error) = match stored {
             Stored::Failed(reason) => (
@@ -258,7 +275,7 @@ impl ChannelIngest {
             } => {
                 debug!(channel = %self.name, id, duplicate = duplicate_of.is_some(), destinations = destinations.len(), "stored");
                 match (self.ack_policy, self.routes.first()) {
-                    (AckPolicy::AfterDelivery, Some(first))
+                    (AckPolicy::AfterDelivery | AckPolicy::EndToEnd, Some(first))
                         if duplicate_of.is_none() && destinations.contains(&first.destination) =>
                     {
                         self.relay(&msg, id, &first.destination, mode).await
@@ -345,8 +362,11 @@ impl ChannelIngest {
             Ok(Err(_)) | Err(_) => {
                 self.waiters.forget(id);
                 // The worker may have finished before the waiter was registered: the store
-                // has the answer then.
-                if let Ok(Some(record)) = self.store.message(causeway_store::MessageId(id)).await
+                // has the answer then. (Not end to end: a link delivery recorded in the
+                // store means "stored at the hub", not the hub destination's answer.)
+                if self.ack_policy != AckPolicy::EndToEnd
+                    && let Ok(Some(record)) =
+                        self.store.message(causeway_store::MessageId(id)).await
                     && let Some(d) = record
                         .deliveries
                         .iter()

@@ -18,6 +18,7 @@
 //! - [`waiters`]: `ack = "after_delivery"` bookkeeping.
 //! - [`gateway`]: starting, running and stopping all of it.
 //! - [`admin`]: the admin API (health, metrics, search, view, replay, inject, audit).
+//! - [`link`]: the edge/hub link.
 
 pub mod admin;
 pub mod config;
@@ -25,6 +26,7 @@ pub mod deliver;
 pub mod doctor;
 pub mod gateway;
 pub mod ingest;
+pub mod link;
 pub mod metrics;
 pub mod render;
 pub mod route;

@@ -16,6 +16,7 @@ import hl7.mllp
 def parse_args():
     p = argparse.ArgumentParser()
     p.add_argument("--port", type=int, required=True)
+    p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--tls-ca")
     p.add_argument("--tls-cert")
     p.add_argument("--tls-key")
@@ -34,7 +35,7 @@ async def main():
     kwargs = {"ssl": ctx, "server_hostname": args.server_name} if ctx else {}
     try:
         reader, writer = await hl7.mllp.open_hl7_connection(
-            "127.0.0.1", args.port, encoding="utf-8", limit=16 * 1024 * 1024, **kwargs
+            args.host, args.port, encoding="utf-8", limit=16 * 1024 * 1024, **kwargs
         )
         for name in args.files:
             with open(name, encoding="utf-8-sig") as f:

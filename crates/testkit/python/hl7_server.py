@@ -16,6 +16,7 @@ import hl7.mllp
 def parse_args():
     p = argparse.ArgumentParser()
     p.add_argument("--port", type=int, default=0)
+    p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--ack", default="AA")
     p.add_argument("--tls-cert")
     p.add_argument("--tls-key")
@@ -49,7 +50,7 @@ async def main():
             ctx.verify_mode = ssl.CERT_REQUIRED
             ctx.load_verify_locations(args.client_ca)
     server = await hl7.mllp.start_hl7_server(
-        on_client, "127.0.0.1", args.port, encoding="utf-8", limit=16 * 1024 * 1024, ssl=ctx
+        on_client, args.host, args.port, encoding="utf-8", limit=16 * 1024 * 1024, ssl=ctx
     )
     port = server.sockets[0].getsockname()[1]
     print(f"READY {port}", flush=True)

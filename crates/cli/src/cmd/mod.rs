@@ -1,5 +1,6 @@
 //! One module per subcommand, each with its `Args` and a `run`.
 
+pub mod certs;
 pub mod common;
 pub mod doctor;
 pub mod listen;

@@ -82,6 +82,12 @@ pub async fn run(args: &Args) -> anyhow::Result<ExitCode> {
             dests.join(", ")
         );
     }
+    if let Some(addr) = gateway.link_listening {
+        eprintln!("causeway: link hub on {addr}");
+    }
+    if let Some(link) = gateway.config.link.as_ref().and_then(|l| l.hub.as_ref()) {
+        eprintln!("causeway: link edge, dialing {link}");
+    }
     eprintln!("causeway: data in {data}; node {}", gateway.node_id);
     if let Some(addr) = gateway.admin_addr() {
         eprintln!("causeway: admin API on http://{addr} (/healthz /readyz /metrics /api)");

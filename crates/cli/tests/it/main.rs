@@ -9,6 +9,7 @@ mod deploy;
 mod doctor;
 mod example;
 mod interop;
+mod link;
 mod parse;
 mod scale;
 mod serve;

@@ -453,7 +453,8 @@ pub async fn inject(
         .channels
         .iter()
         .find(|c| c.name == name)
-        .map_or(u64::MAX, |c| c.source.max_message_size.0);
+        .and_then(|c| c.source.as_ref())
+        .map_or(16 << 20, |s| s.max_message_size.0);
     if raw.len() as u64 > max {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,

@@ -121,6 +121,9 @@ impl AppState {
         };
         let mut registry = Registry::default();
         gateway.metrics.register(&mut registry);
+        if let Some(link) = &gateway.link {
+            link.metrics.register(&mut registry);
+        }
         Ok(AppState(Arc::new(Inner {
             gateway,
             token,
@@ -170,6 +173,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/audit"),
     ("post", "/api/doctor"),
     ("get", "/api/leases"),
+    ("get", "/api/link"),
 ];
 
 /// The whole API.
@@ -195,6 +199,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/audit", get(status::audit))
         .route("/api/doctor", post(doctor::doctor))
         .route("/api/leases", get(status::leases))
+        .route("/api/link", get(status::link))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,

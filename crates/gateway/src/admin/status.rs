@@ -110,6 +110,39 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError
     Ok(([(header::CONTENT_TYPE, OPENMETRICS)], body).into_response())
 }
 
+/// `GET /api/link`: the edge/hub link: role, each peer's state, round trip, bytes and
+/// messages, and the backlog of each link destination.
+pub async fn link(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let gateway = &state.gateway;
+    let Some(link) = &gateway.link else {
+        return Err(ApiError::not_found("no [link] is configured".to_owned()));
+    };
+    let mut body = link.status_json();
+    let stats = gateway.store.queue_stats().await.unwrap_or_default();
+    let backlog: Vec<Value> = gateway
+        .config
+        .channels
+        .iter()
+        .flat_map(|c| c.destinations.iter().map(move |d| (c, d)))
+        .filter_map(|(c, d)| {
+            let DestinationKind::Link(l) = &d.kind else {
+                return None;
+            };
+            let s = stats.iter().find(|s| s.destination == d.name);
+            Some(json!({
+                "channel": c.name,
+                "destination": d.name,
+                "peer": l.edge.as_deref().unwrap_or(crate::link::HUB),
+                "remote_channel": l.channel.as_deref().unwrap_or(&c.name),
+                "pending": s.map_or(0, |s| s.pending),
+                "dead_lettered": s.map_or(0, |s| s.dead_lettered),
+            }))
+        })
+        .collect();
+    body["backlog"] = Value::Array(backlog);
+    Ok(Json(body))
+}
+
 /// `GET /api/channels`: each channel's configuration (no secrets) and live counters.
 pub async fn channels(State(state): State<AppState>) -> Json<Value> {
     let gateway = &state.gateway;
@@ -148,6 +181,14 @@ pub async fn channels(State(state): State<AppState>) -> Json<Value> {
                         DestinationKind::Mllp(m) => ("mllp", m.to.clone()),
                         DestinationKind::Http(h) => ("http", redact_url(&h.url)),
                         DestinationKind::File(f) => ("file", f.directory.display().to_string()),
+                        DestinationKind::Link(l) => (
+                            "link",
+                            format!(
+                                "{}/{}",
+                                l.edge.as_deref().unwrap_or(crate::link::HUB),
+                                l.channel.as_deref().unwrap_or(&c.name)
+                            ),
+                        ),
                     };
                     let label = DestinationLabel {
                         channel: c.name.clone(),
@@ -176,10 +217,11 @@ pub async fn channels(State(state): State<AppState>) -> Json<Value> {
             json!({
                 "name": c.name,
                 "listen": gateway.listening.get(&c.name).map(ToString::to_string),
-                "tls": c.source.tls.is_some(),
+                "tls": c.source.as_ref().is_some_and(|s| s.tls.is_some()),
                 "ack": match c.ack {
                     AckPolicy::AfterStore => "after_store",
                     AckPolicy::AfterDelivery => "after_delivery",
+                    AckPolicy::EndToEnd => "end_to_end",
                 },
                 "received": count(&metrics.received, &ch),
                 "received_bytes": count(&metrics.received_bytes, &ch),

@@ -73,6 +73,9 @@ impl Sender {
             DestinationKind::Mllp(m) => Sender::Mllp(Box::new(mllp::MllpSender::new(m)?)),
             DestinationKind::Http(h) => Sender::Http(http::HttpSender::new(h, &config.name)?),
             DestinationKind::File(f) => Sender::File(file::FileSender::new(f, channel)?),
+            DestinationKind::Link(_) => {
+                return Err("a link destination is run by the link, not a delivery worker".into());
+            }
         })
     }
 
@@ -110,7 +113,7 @@ impl Policy {
     }
 
     /// The delay after failed attempt number `attempts` (1-based), with up to 25% jitter.
-    fn backoff(&self, attempts: u32) -> Duration {
+    pub fn backoff(&self, attempts: u32) -> Duration {
         let backoff = causeway_mllp::client::Backoff::default();
         let mut b = backoff;
         b.initial = self.retry_initial;

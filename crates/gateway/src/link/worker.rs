@@ -1,0 +1,376 @@
+//! The link destination: sends its queue to the peer over the current session, up to
+//! `window` messages ahead of the first unanswered one, and records each answer in queue
+//! order. A message leaves the queue only on the answer it waits for (`stored` from a hub;
+//! the on-premises ACK from an edge). A `failed` answer is recorded as a failed attempt
+//! with the destination's backoff, and sending starts again from that message; a lost
+//! session leaves everything unanswered in the queue, to be sent again on the next one.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use causeway_store::{AttemptResult, DeliveryId, MessageId, PendingDelivery, Store, Timestamp};
+use tokio::sync::{Notify, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::Link;
+use super::proto::{Frame, Header, Verdict};
+use super::session::{OutcomeHook, Reply, Session, Want};
+use crate::config::OnFailure;
+use crate::deliver::{Attempt, Policy};
+use crate::metrics::Metrics;
+use crate::waiters::Waiters;
+
+/// One link destination.
+#[derive(Debug)]
+pub struct LinkWorker {
+    /// Destination name.
+    pub name: String,
+    /// Local channel.
+    pub channel: String,
+    /// The peer's channel.
+    pub remote_channel: String,
+    /// The peer (`hub`, or the edge's name).
+    pub peer: String,
+    /// What ends a message's delivery.
+    pub want: Want,
+    /// Ask the peer for the outcome too, and relay it to a waiting `end_to_end` sender.
+    pub end_to_end: bool,
+    /// Complete an `after_delivery` waiter when the peer has stored it.
+    pub after_delivery: bool,
+    /// Retry policy.
+    pub policy: Policy,
+    /// The link.
+    pub link: Arc<Link>,
+    /// The queue.
+    pub store: Arc<dyn Store>,
+    /// Woken when a message is queued here.
+    pub wake: Arc<Notify>,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+    /// `after_delivery` / `end_to_end` waiters.
+    pub waiters: Arc<Waiters>,
+}
+
+struct InFlight {
+    pending: PendingDelivery,
+    rx: oneshot::Receiver<Reply>,
+    sent: Instant,
+}
+
+const POLL: Duration = Duration::from_millis(500);
+
+fn now() -> Timestamp {
+    Timestamp::from(SystemTime::now())
+}
+
+/// Why a round of sending ended.
+enum Round {
+    /// The session is gone.
+    Lost,
+    /// Stop.
+    Stop,
+    /// A failure was recorded: start again from the queue's head.
+    Again,
+}
+
+impl LinkWorker {
+    /// Delivers until `stop` is cancelled.
+    pub async fn run(self, stop: CancellationToken) {
+        info!(destination = %self.name, peer = %self.peer, channel = %self.remote_channel, "link destination started");
+        loop {
+            let session = tokio::select! {
+                () = stop.cancelled() => break,
+                s = self.link.session(&self.peer) => s,
+            };
+            let Some(session) = session else { break };
+            loop {
+                match self.round(&session, &stop).await {
+                    Round::Again => continue,
+                    Round::Lost => break,
+                    Round::Stop => {
+                        info!(destination = %self.name, "link destination stopped");
+                        return;
+                    }
+                }
+            }
+        }
+        info!(destination = %self.name, "link destination stopped");
+    }
+
+    async fn round(&self, session: &Arc<Session>, stop: &CancellationToken) -> Round {
+        let window = self.link.config.window;
+        let timeout = self.link.config.outcome_timeout.0;
+        let mut inflight: VecDeque<InFlight> = VecDeque::new();
+        let mut last_sent: Option<DeliveryId> = None;
+        let mut store_backoff = Duration::from_millis(100);
+        let mut refill = true;
+        loop {
+            if stop.is_cancelled() {
+                return Round::Stop;
+            }
+            if session.closed.is_cancelled() {
+                return Round::Lost;
+            }
+            // Refill when half the window is free (or on a wake-up with room): one queue
+            // read per several answers under load, not one per answer.
+            if inflight.len() <= window / 2 || (refill && inflight.len() < window) {
+                refill = false;
+                let batch = match self.store.next_pending(&self.name, now(), window).await {
+                    Ok(b) => b,
+                    Err(error) => {
+                        warn!(destination = %self.name, %error, "cannot read the delivery queue; retrying");
+                        tokio::time::sleep(store_backoff).await;
+                        store_backoff = (store_backoff * 2).min(Duration::from_secs(10));
+                        continue;
+                    }
+                };
+                store_backoff = Duration::from_millis(100);
+                for pending in batch {
+                    if inflight.len() >= window {
+                        break;
+                    }
+                    if last_sent.is_some_and(|l| pending.id <= l) {
+                        continue;
+                    }
+                    let Some(rx) = self.send(session, &pending).await else {
+                        return Round::Lost;
+                    };
+                    last_sent = Some(pending.id);
+                    inflight.push_back(InFlight {
+                        pending,
+                        rx,
+                        sent: Instant::now(),
+                    });
+                }
+            }
+            if inflight.is_empty() {
+                tokio::select! {
+                    () = stop.cancelled() => return Round::Stop,
+                    () = session.closed.cancelled() => return Round::Lost,
+                    () = self.wake.notified() => {}
+                    () = tokio::time::sleep(POLL) => {}
+                }
+                continue;
+            }
+            let deadline = tokio::time::Instant::from_std(inflight[0].sent + timeout);
+            let room = inflight.len() < window;
+            let front = &mut inflight[0].rx;
+            let reply = tokio::select! {
+                () = stop.cancelled() => return Round::Stop,
+                () = session.closed.cancelled() => return Round::Lost,
+                () = self.wake.notified(), if room => {
+                    refill = true;
+                    continue;
+                }
+                () = tokio::time::sleep_until(deadline) => None,
+                r = front => match r {
+                    Ok(r) => Some(r),
+                    // The session ended without an answer.
+                    Err(_) => return Round::Lost,
+                },
+            };
+            let Some(done) = inflight.pop_front() else {
+                continue;
+            };
+            let elapsed = done.sent.elapsed();
+            let attempt = match reply {
+                Some(Reply::Stored { id, duplicate }) => Attempt::Delivered {
+                    code: None,
+                    text: Some(format!(
+                        "stored by {} as message {id}{}",
+                        self.peer,
+                        if duplicate { " (resend)" } else { "" }
+                    )),
+                },
+                Some(Reply::Outcome {
+                    result: Verdict::Delivered,
+                    code,
+                    text,
+                }) => Attempt::Delivered { code, text },
+                Some(Reply::Outcome {
+                    result: Verdict::Retry,
+                    text,
+                    ..
+                }) => Attempt::Retry(format!(
+                    "{}: its destination failed: {}",
+                    self.peer,
+                    text.unwrap_or_default()
+                )),
+                Some(Reply::Outcome {
+                    result: Verdict::Refused,
+                    text,
+                    ..
+                }) => Attempt::Permanent(format!(
+                    "{} refused it for good: {}",
+                    self.peer,
+                    text.unwrap_or_default()
+                )),
+                Some(Reply::Failed(reason)) => Attempt::Retry(format!("{}: {reason}", self.peer)),
+                None => Attempt::Retry(match self.want {
+                    Want::Stored => format!("{} did not answer within {timeout:?}", self.peer),
+                    Want::Outcome => format!(
+                        "{} has it stored, but its destination did not answer within {timeout:?}",
+                        self.peer
+                    ),
+                }),
+            };
+            let moved_on = self.record(&done.pending, &attempt, elapsed).await;
+            if !moved_on {
+                // Everything sent after it is answered `failed` by the peer (or is a resend
+                // it will recognise): start again from the head, after its retry time.
+                return Round::Again;
+            }
+        }
+    }
+
+    /// Sends one message; `None` when the session is gone.
+    async fn send(
+        &self,
+        session: &Arc<Session>,
+        pending: &PendingDelivery,
+    ) -> Option<oneshot::Receiver<Reply>> {
+        // The receipt time travels with the message: the peer stores it with the same time
+        // so that a resend is recognised as a duplicate however late it comes.
+        let received_at = loop {
+            match self.store.message(pending.message_id).await {
+                Ok(Some(r)) => break r.summary.meta.received_at,
+                Ok(None) => break now(),
+                Err(error) => {
+                    warn!(destination = %self.name, %error, "cannot read a queued message; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        };
+        let frame = Frame {
+            header: Header::Msg {
+                dest: self.name.clone(),
+                seq: pending.id.0,
+                n: self.link.next_id(),
+                channel: self.remote_channel.clone(),
+                id: pending.message_id.0,
+                received_at: received_at.as_millis(),
+                control_id: pending.control_id.clone(),
+                want_outcome: self.want == Want::Outcome || self.end_to_end,
+            },
+            payload: pending.raw.clone(),
+        };
+        let hook: Option<OutcomeHook> = if self.end_to_end && self.want == Want::Stored {
+            let waiters = self.waiters.clone();
+            let id = pending.message_id;
+            let name = self.name.clone();
+            Some(Box::new(move |reply: Reply| {
+                relay_outcome(&waiters, id, &name, reply);
+            }))
+        } else {
+            None
+        };
+        let rx = session.send_msg(&frame, self.want, hook).await?;
+        self.link.count_message(&self.peer, "sent");
+        debug!(destination = %self.name, seq = pending.id.0, control_id = %pending.control_id, "sent over the link");
+        Some(rx)
+    }
+
+    /// Records the attempt; `true` when the queue moves on.
+    async fn record(
+        &self,
+        pending: &PendingDelivery,
+        attempt: &Attempt,
+        elapsed: Duration,
+    ) -> bool {
+        let attempts = pending.attempts + 1;
+        let (result, moved_on) = match attempt {
+            Attempt::Delivered { code, text } => {
+                self.metrics.delivered(&self.channel, &self.name, elapsed);
+                (
+                    AttemptResult::Delivered {
+                        ack_code: code.clone(),
+                        ack_text: text.clone(),
+                        ack_raw: None,
+                    },
+                    true,
+                )
+            }
+            Attempt::Permanent(error) => {
+                warn!(destination = %self.name, message_id = pending.message_id.0, control_id = %pending.control_id, %error, "refused for good over the link; dead-lettered");
+                self.metrics.dead_lettered(&self.channel, &self.name);
+                (
+                    AttemptResult::DeadLettered {
+                        error: error.clone(),
+                    },
+                    true,
+                )
+            }
+            Attempt::Retry(error)
+                if self.policy.on_failure == OnFailure::DeadLetter
+                    && attempts >= self.policy.max_attempts =>
+            {
+                warn!(destination = %self.name, message_id = pending.message_id.0, control_id = %pending.control_id, attempts, %error, "giving up; dead-lettered");
+                self.metrics.dead_lettered(&self.channel, &self.name);
+                (
+                    AttemptResult::DeadLettered {
+                        error: format!("{error} (after {attempts} attempts)"),
+                    },
+                    true,
+                )
+            }
+            Attempt::Retry(error) => {
+                let delay = self.policy.backoff(attempts);
+                warn!(destination = %self.name, message_id = pending.message_id.0, control_id = %pending.control_id, attempts, retry_in_ms = delay.as_millis() as u64, %error, "link delivery failed; will retry");
+                self.metrics.failed(&self.channel, &self.name);
+                (
+                    AttemptResult::Failed {
+                        error: error.clone(),
+                        retry_at: now().saturating_add(delay),
+                    },
+                    false,
+                )
+            }
+        };
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match self
+                .store
+                .record_attempt(pending.id, now(), result.clone())
+                .await
+            {
+                Ok(())
+                | Err(
+                    causeway_store::StoreError::Conflict { .. }
+                    | causeway_store::StoreError::NotFound { .. },
+                ) => break,
+                Err(error) => {
+                    warn!(destination = %self.name, %error, "cannot record the delivery attempt; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        if self.after_delivery || !matches!(attempt, Attempt::Delivered { .. }) {
+            self.waiters
+                .complete(pending.message_id.0, &self.name, attempt);
+        }
+        moved_on
+    }
+}
+
+/// `end_to_end`: the hub's destination answered; wake the EHR's connection waiting for it.
+fn relay_outcome(waiters: &Waiters, id: MessageId, destination: &str, reply: Reply) {
+    let attempt = match reply {
+        Reply::Outcome {
+            result: Verdict::Delivered,
+            code,
+            text,
+        } => Attempt::Delivered { code, text },
+        Reply::Outcome {
+            result: Verdict::Retry,
+            text,
+            ..
+        } => Attempt::Retry(text.unwrap_or_default()),
+        Reply::Outcome { text, .. } => Attempt::Permanent(text.unwrap_or_default()),
+        Reply::Failed(e) => Attempt::Retry(e),
+        Reply::Stored { .. } => return,
+    };
+    waiters.complete(id.0, destination, &attempt);
+}
