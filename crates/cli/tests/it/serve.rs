@@ -713,16 +713,16 @@ fn destination_outage_loses_nothing_and_blocks_nobody_else() {
         wait_until(WAIT, || complete(get(), sent)).unwrap_or_else(|| panic!("{name} incomplete"));
     }
 
-    // The MLLP receiver dies. ACKs keep flowing; HTTP and files keep up meanwhile.
+    // The MLLP receiver dies. ACKs keep flowing; HTTP and files keep up meanwhile. No time
+    // limit is needed to show it: the MLLP receiver stays dead until they have everything,
+    // so if it held them up they would never finish (and the wait would fail).
     drop(listen1);
-    let outage = Instant::now();
     let sent = send(40);
     for (name, get) in [("api", &api as &dyn Fn() -> _), ("archive", &archive)] {
-        let r = wait_until(Duration::from_secs(10), || complete(get(), sent))
+        let r = wait_until(WAIT, || complete(get(), sent))
             .unwrap_or_else(|| panic!("{name} held up by the dead MLLP destination"));
         assert_ok(name, &r);
     }
-    assert!(outage.elapsed() < Duration::from_secs(10));
     let lab_during = check_delivery(&ids(sent), &lab());
     assert_eq!(lab_during.delivered, 20, "delivered to a dead receiver?");
 
@@ -736,7 +736,7 @@ fn destination_outage_loses_nothing_and_blocks_nobody_else() {
     std::fs::write(d.join("http-down"), b"").unwrap();
     let sent = send(20);
     for (name, get) in [("lab", &lab as &dyn Fn() -> _), ("archive", &archive)] {
-        let r = wait_until(Duration::from_secs(10), || complete(get(), sent))
+        let r = wait_until(WAIT, || complete(get(), sent))
             .unwrap_or_else(|| panic!("{name} held up by the failing HTTP destination"));
         assert_ok(name, &r);
     }
