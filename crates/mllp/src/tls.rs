@@ -524,7 +524,8 @@ fn read_file(path: &Path) -> Result<Vec<u8>, TlsError> {
     })
 }
 
-fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+/// Reads every certificate of a PEM file; an error if it holds none.
+pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let pem = read_file(path)?;
     let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
@@ -541,7 +542,8 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     Ok(certs)
 }
 
-fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+/// Reads the private key of a PEM file.
+pub fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     let pem = read_file(path)?;
     PrivateKeyDer::from_pem_slice(&pem).map_err(|source| TlsError::Pem {
         path: path.to_owned(),
@@ -549,7 +551,8 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     })
 }
 
-fn read_roots(path: &Path) -> Result<RootCertStore, TlsError> {
+/// Reads a PEM bundle of CA certificates into a root store.
+pub fn read_roots(path: &Path) -> Result<RootCertStore, TlsError> {
     let mut roots = RootCertStore::empty();
     for cert in read_certs(path)? {
         roots.add(cert)?;
@@ -626,30 +629,16 @@ impl ClientTls {
     /// Loads the files named in `settings`.
     pub fn load(settings: &ClientTlsSettings) -> Result<Self, TlsError> {
         let provider = provider();
-        let algorithms = provider.signature_verification_algorithms;
-        let builder = ClientConfig::builder_with_provider(provider.clone())
-            .with_protocol_versions(VERSIONS)?;
-        let webpki = match &settings.ca_path {
-            Some(ca) => Some(
-                rustls::client::WebPkiServerVerifier::builder_with_provider(
-                    Arc::new(read_roots(ca)?),
-                    provider,
-                )
-                .build()?,
-            ),
-            None => None,
-        };
-        let builder = match (webpki, settings.pin) {
-            (None, None) => return Err(TlsError::NoTrustAnchor),
-            (Some(webpki), None) => builder.with_webpki_verifier(webpki),
-            (inner, Some(pin)) => builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(PinnedVerifier {
-                    pin,
-                    inner: inner.map(|v| v as Arc<dyn ServerCertVerifier>),
-                    algorithms,
-                })),
-        };
+        let verifier = server_verifier(
+            &provider,
+            settings.ca_path.as_deref(),
+            settings.pin,
+            "server certificate does not match the pin",
+        )?;
+        let builder = ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(VERSIONS)?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier);
         let config = match (&settings.client_cert_path, &settings.client_key_path) {
             (Some(cert), Some(key)) => {
                 builder.with_client_auth_cert(read_certs(cert)?, read_key(key)?)?
@@ -684,6 +673,37 @@ pub fn parse_server_name(name: &str) -> Result<ServerName<'static>, TlsError> {
     ServerName::try_from(name.to_owned()).map_err(|_| TlsError::InvalidServerName(name.to_owned()))
 }
 
+/// How a client verifies its server: by the CA bundle at `ca` (webpki: chain and name), by
+/// the leaf certificate's pinned fingerprint, or both. `pin_mismatch` is the log line when
+/// the pin does not match, in the caller's words (it names the setting to check).
+pub fn server_verifier(
+    provider: &Arc<CryptoProvider>,
+    ca: Option<&Path>,
+    pin: Option<Fingerprint>,
+    pin_mismatch: &'static str,
+) -> Result<Arc<dyn ServerCertVerifier>, TlsError> {
+    let webpki = match ca {
+        Some(ca) => Some(
+            rustls::client::WebPkiServerVerifier::builder_with_provider(
+                Arc::new(read_roots(ca)?),
+                Arc::clone(provider),
+            )
+            .build()?,
+        ),
+        None => None,
+    };
+    match (webpki, pin) {
+        (None, None) => Err(TlsError::NoTrustAnchor),
+        (Some(webpki), None) => Ok(webpki),
+        (inner, Some(pin)) => Ok(Arc::new(PinnedVerifier {
+            pin,
+            inner: inner.map(|v| v as Arc<dyn ServerCertVerifier>),
+            algorithms: provider.signature_verification_algorithms,
+            mismatch: pin_mismatch,
+        })),
+    }
+}
+
 /// Accepts a server only if its leaf certificate has the pinned fingerprint
 /// (and, with a CA bundle, also passes webpki verification).
 #[derive(Debug)]
@@ -691,6 +711,7 @@ struct PinnedVerifier {
     pin: Fingerprint,
     inner: Option<Arc<dyn ServerCertVerifier>>,
     algorithms: WebPkiSupportedAlgorithms,
+    mismatch: &'static str,
 }
 
 impl ServerCertVerifier for PinnedVerifier {
@@ -707,7 +728,7 @@ impl ServerCertVerifier for PinnedVerifier {
         }
         let seen = Fingerprint::of(end_entity);
         if seen != self.pin {
-            warn!(expected = %self.pin, %seen, "server certificate does not match the pin");
+            warn!(expected = %self.pin, %seen, "{}", self.mismatch);
             return Err(rustls::Error::InvalidCertificate(
                 CertificateError::ApplicationVerificationFailure,
             ));

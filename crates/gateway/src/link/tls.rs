@@ -7,16 +7,11 @@
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use causeway_mllp::tls::Fingerprint;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use causeway_mllp::tls::{self, Fingerprint};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
-use rustls::{
-    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig,
-    SignatureScheme,
-};
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use tracing::warn;
 
 /// A TLS configuration rebuilt from its files for each connection, so that renewed
@@ -74,27 +69,15 @@ fn versions(tls12: bool) -> &'static [&'static rustls::SupportedProtocolVersion]
 }
 
 fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    if certs.is_empty() {
-        return Err(format!("{}: no certificate in it", path.display()));
-    }
-    Ok(certs)
+    tls::read_certs(path).map_err(|e| e.to_string())
 }
 
 fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
-    PrivateKeyDer::from_pem_file(path).map_err(|e| format!("{}: {e}", path.display()))
+    tls::read_key(path).map_err(|e| e.to_string())
 }
 
 fn read_roots(path: &Path) -> Result<RootCertStore, String> {
-    let mut roots = RootCertStore::empty();
-    for cert in read_certs(path)? {
-        roots
-            .add(cert)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-    }
-    Ok(roots)
+    tls::read_roots(path).map_err(|e| e.to_string())
 }
 
 /// The hub's server configuration: its certificate, and client certificates required and
@@ -131,88 +114,23 @@ pub fn client_config(
     tls12: bool,
 ) -> Result<Arc<ClientConfig>, String> {
     let provider = provider();
-    let algorithms = provider.signature_verification_algorithms;
-    let builder = ClientConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(versions(tls12))
-        .map_err(|e| e.to_string())?;
-    let webpki = match ca {
-        Some(ca) => Some(
-            rustls::client::WebPkiServerVerifier::builder_with_provider(
-                Arc::new(read_roots(ca)?),
-                provider,
-            )
-            .build()
-            .map_err(|e| format!("hub_ca: {e}"))?,
-        ),
-        None => None,
-    };
-    let builder = match (webpki, pin) {
+    let verifier = match (ca, pin) {
         (None, None) => return Err("an edge needs hub_ca or hub_pin".to_owned()),
-        (Some(webpki), None) => builder.with_webpki_verifier(webpki),
-        (inner, Some(pin)) => builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(PinnedVerifier {
-                pin,
-                inner: inner.map(|v| v as Arc<dyn ServerCertVerifier>),
-                algorithms,
-            })),
+        (ca, pin) => {
+            tls::server_verifier(&provider, ca, pin, "hub certificate does not match hub_pin")
+                .map_err(|e| match ca {
+                    Some(ca) => format!("hub_ca {}: {e}", ca.display()),
+                    None => e.to_string(),
+                })?
+        }
     };
+    let builder = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions(tls12))
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier);
     let config = builder
         .with_client_auth_cert(read_certs(cert)?, read_key(key)?)
         .map_err(|e| format!("certificate and key: {e}"))?;
     Ok(Arc::new(config))
-}
-
-/// Accepts the hub only if its leaf certificate has the pinned fingerprint (and, with a
-/// CA, also chains to it and names the server).
-#[derive(Debug)]
-struct PinnedVerifier {
-    pin: Fingerprint,
-    inner: Option<Arc<dyn ServerCertVerifier>>,
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl ServerCertVerifier for PinnedVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        if let Some(inner) = &self.inner {
-            inner.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)?;
-        }
-        let seen = Fingerprint::of(end_entity);
-        if seen != self.pin {
-            warn!(expected = %self.pin, %seen, "hub certificate does not match hub_pin");
-            return Err(rustls::Error::InvalidCertificate(
-                CertificateError::ApplicationVerificationFailure,
-            ));
-        }
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
 }
