@@ -19,7 +19,7 @@ pub mod mllp;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use causeway_store::{AttemptResult, PendingDelivery, Store, Timestamp};
+use causeway_store::{AttemptResult, DeliveryId, PendingDelivery, Store, Timestamp};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -228,82 +228,113 @@ impl Worker {
         let started = std::time::Instant::now();
         let attempt = self.sender.send(&outgoing).await;
         let elapsed = started.elapsed();
-        let attempts = pending.attempts + 1;
-        let (result, moved_on) = match &attempt {
-            Attempt::Delivered { code, text } => {
-                debug!(destination = %self.name, message_id = pending.message_id.0, control_id = %pending.control_id, ?code, "delivered");
-                self.metrics.delivered(&self.channel, &self.name, elapsed);
-                (
-                    AttemptResult::Delivered {
-                        ack_code: code.clone(),
-                        ack_text: text.clone(),
-                        ack_raw: None,
-                    },
-                    true,
-                )
-            }
-            Attempt::Permanent(error) => {
-                warn!(destination = %self.name, message_id = pending.message_id.0, control_id = %pending.control_id, %error, "refused permanently; dead-lettered");
-                self.metrics.dead_lettered(&self.channel, &self.name);
-                (
-                    AttemptResult::DeadLettered {
-                        error: error.clone(),
-                    },
-                    true,
-                )
-            }
-            Attempt::Retry(error)
-                if self.policy.on_failure == OnFailure::DeadLetter
-                    && attempts >= self.policy.max_attempts =>
-            {
-                warn!(destination = %self.name, message_id = pending.message_id.0, control_id = %pending.control_id, attempts, %error, "giving up; dead-lettered");
-                self.metrics.dead_lettered(&self.channel, &self.name);
-                (
-                    AttemptResult::DeadLettered {
-                        error: format!("{error} (after {attempts} attempts)"),
-                    },
-                    true,
-                )
-            }
-            Attempt::Retry(error) => {
-                let delay = self.policy.backoff(attempts);
-                warn!(destination = %self.name, message_id = pending.message_id.0, control_id = %pending.control_id, attempts, retry_in_ms = delay.as_millis() as u64, %error, "delivery failed; will retry");
-                self.metrics.failed(&self.channel, &self.name);
-                (
-                    AttemptResult::Failed {
-                        error: error.clone(),
-                        retry_at: now().saturating_add(delay),
-                    },
-                    false,
-                )
-            }
-        };
-        // The outcome is recorded before anything else learns of it. If recording fails the
-        // delivery stays queued and is attempted again (at-least-once).
-        let mut backoff = Duration::from_millis(50);
-        loop {
-            match self
-                .store
-                .record_attempt(pending.id, now(), result.clone())
-                .await
-            {
-                Ok(()) => break,
-                Err(
-                    causeway_store::StoreError::Conflict { .. }
-                    | causeway_store::StoreError::NotFound { .. },
-                ) => {
-                    // Replayed or settled meanwhile (e.g. by the admin API): nothing to record.
-                    break;
-                }
-                Err(error) => {
-                    warn!(destination = %self.name, %error, "cannot record the delivery attempt; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-            }
-        }
+        let (result, moved_on) = settle(
+            &self.policy,
+            &self.metrics,
+            &self.channel,
+            &self.name,
+            "",
+            &pending,
+            &attempt,
+            elapsed,
+        );
+        record(self.store.as_ref(), &self.name, pending.id, result).await;
         self.waiters
             .complete(pending.message_id.0, &self.name, &attempt);
         moved_on
+    }
+}
+
+/// What an attempt means for the queue: the result to record, and whether the queue moves
+/// on (`false`: the head waits for its retry). Logs and counts the outcome. `kind` prefixes
+/// the log lines (`"link "` for the link's destinations).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn settle(
+    policy: &Policy,
+    metrics: &Metrics,
+    channel: &str,
+    destination: &str,
+    kind: &str,
+    pending: &PendingDelivery,
+    attempt: &Attempt,
+    elapsed: Duration,
+) -> (AttemptResult, bool) {
+    let attempts = pending.attempts + 1;
+    let message_id = pending.message_id.0;
+    let control_id = &pending.control_id;
+    match attempt {
+        Attempt::Delivered { code, text } => {
+            debug!(%destination, message_id, %control_id, ?code, "{kind}delivered");
+            metrics.delivered(channel, destination, elapsed);
+            (
+                AttemptResult::Delivered {
+                    ack_code: code.clone(),
+                    ack_text: text.clone(),
+                    ack_raw: None,
+                },
+                true,
+            )
+        }
+        Attempt::Permanent(error) => {
+            warn!(%destination, message_id, %control_id, %error, "{kind}delivery refused for good; dead-lettered");
+            metrics.dead_lettered(channel, destination);
+            (
+                AttemptResult::DeadLettered {
+                    error: error.clone(),
+                },
+                true,
+            )
+        }
+        Attempt::Retry(error)
+            if policy.on_failure == OnFailure::DeadLetter && attempts >= policy.max_attempts =>
+        {
+            warn!(%destination, message_id, %control_id, attempts, %error, "{kind}delivery failed; giving up; dead-lettered");
+            metrics.dead_lettered(channel, destination);
+            (
+                AttemptResult::DeadLettered {
+                    error: format!("{error} (after {attempts} attempts)"),
+                },
+                true,
+            )
+        }
+        Attempt::Retry(error) => {
+            let delay = policy.backoff(attempts);
+            warn!(%destination, message_id, %control_id, attempts, retry_in_ms = delay.as_millis() as u64, %error, "{kind}delivery failed; will retry");
+            metrics.failed(channel, destination);
+            (
+                AttemptResult::Failed {
+                    error: error.clone(),
+                    retry_at: now().saturating_add(delay),
+                },
+                false,
+            )
+        }
+    }
+}
+
+/// Records an attempt's result before anything else learns of it. While the store cannot
+/// take it, retries with backoff: the delivery stays queued meanwhile, so a crash repeats
+/// the attempt (at-least-once). A delivery replayed or settled meanwhile (by the admin
+/// API) needs no record.
+pub(crate) async fn record(
+    store: &dyn Store,
+    destination: &str,
+    delivery: DeliveryId,
+    result: AttemptResult,
+) {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        match store.record_attempt(delivery, now(), result.clone()).await {
+            Ok(())
+            | Err(
+                causeway_store::StoreError::Conflict { .. }
+                | causeway_store::StoreError::NotFound { .. },
+            ) => return,
+            Err(error) => {
+                warn!(%destination, %error, "cannot record the delivery attempt; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
     }
 }

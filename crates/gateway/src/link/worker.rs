@@ -9,7 +9,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use causeway_store::{AttemptResult, DeliveryId, MessageId, PendingDelivery, Store, Timestamp};
+use causeway_store::{DeliveryId, MessageId, PendingDelivery, Store, Timestamp};
 use tokio::sync::{Notify, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -17,8 +17,8 @@ use tracing::{debug, info, warn};
 use super::Link;
 use super::proto::{Frame, Header, Verdict};
 use super::session::{OutcomeHook, Reply, Session, Want};
-use crate::config::OnFailure;
 use crate::deliver::{Attempt, Policy};
+use crate::deliver::{record, settle};
 use crate::metrics::Metrics;
 use crate::waiters::Waiters;
 
@@ -279,74 +279,17 @@ impl LinkWorker {
         attempt: &Attempt,
         elapsed: Duration,
     ) -> bool {
-        let attempts = pending.attempts + 1;
-        let (result, moved_on) = match attempt {
-            Attempt::Delivered { code, text } => {
-                self.metrics.delivered(&self.channel, &self.name, elapsed);
-                (
-                    AttemptResult::Delivered {
-                        ack_code: code.clone(),
-                        ack_text: text.clone(),
-                        ack_raw: None,
-                    },
-                    true,
-                )
-            }
-            Attempt::Permanent(error) => {
-                warn!(destination = %self.name, message_id = pending.message_id.0, control_id = %pending.control_id, %error, "refused for good over the link; dead-lettered");
-                self.metrics.dead_lettered(&self.channel, &self.name);
-                (
-                    AttemptResult::DeadLettered {
-                        error: error.clone(),
-                    },
-                    true,
-                )
-            }
-            Attempt::Retry(error)
-                if self.policy.on_failure == OnFailure::DeadLetter
-                    && attempts >= self.policy.max_attempts =>
-            {
-                warn!(destination = %self.name, message_id = pending.message_id.0, control_id = %pending.control_id, attempts, %error, "giving up; dead-lettered");
-                self.metrics.dead_lettered(&self.channel, &self.name);
-                (
-                    AttemptResult::DeadLettered {
-                        error: format!("{error} (after {attempts} attempts)"),
-                    },
-                    true,
-                )
-            }
-            Attempt::Retry(error) => {
-                let delay = self.policy.backoff(attempts);
-                warn!(destination = %self.name, message_id = pending.message_id.0, control_id = %pending.control_id, attempts, retry_in_ms = delay.as_millis() as u64, %error, "link delivery failed; will retry");
-                self.metrics.failed(&self.channel, &self.name);
-                (
-                    AttemptResult::Failed {
-                        error: error.clone(),
-                        retry_at: now().saturating_add(delay),
-                    },
-                    false,
-                )
-            }
-        };
-        let mut backoff = Duration::from_millis(50);
-        loop {
-            match self
-                .store
-                .record_attempt(pending.id, now(), result.clone())
-                .await
-            {
-                Ok(())
-                | Err(
-                    causeway_store::StoreError::Conflict { .. }
-                    | causeway_store::StoreError::NotFound { .. },
-                ) => break,
-                Err(error) => {
-                    warn!(destination = %self.name, %error, "cannot record the delivery attempt; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-            }
-        }
+        let (result, moved_on) = settle(
+            &self.policy,
+            &self.metrics,
+            &self.channel,
+            &self.name,
+            "link ",
+            pending,
+            attempt,
+            elapsed,
+        );
+        record(self.store.as_ref(), &self.name, pending.id, result).await;
         if self.after_delivery || !matches!(attempt, Attempt::Delivered { .. }) {
             self.waiters
                 .complete(pending.message_id.0, &self.name, attempt);
