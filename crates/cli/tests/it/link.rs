@@ -204,6 +204,39 @@ struct Hub<'a> {
     admin: bool,
 }
 
+/// The ACK code recorded with each delivered message of `channel` at the gateway whose
+/// admin API is `admin` (the first delivery of each; undelivered messages are left out).
+fn delivered_ack_codes(admin: SocketAddr, channel: &str) -> Vec<String> {
+    let (status, body) = http(
+        admin,
+        "POST",
+        "/api/messages/search",
+        &format!(r#"{{"channel":"{channel}"}}"#),
+    );
+    assert_eq!(status, 200, "{body}");
+    let ids: Vec<i64> = json(&body)["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_i64().unwrap())
+        .collect();
+    let codes: Vec<String> = ids
+        .iter()
+        .filter_map(|id| {
+            let (_, body) = http(admin, "GET", &format!("/api/messages/{id}"), "");
+            let v = json(&body);
+            let d = &v["deliveries"][0];
+            (d["state"] == "delivered").then(|| {
+                d["attempts"].as_array().unwrap().last().unwrap()["ack_code"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned()
+            })
+        })
+        .collect();
+    codes
+}
+
 fn hub_config(h: &Hub<'_>) -> String {
     let admin = if h.admin {
         "bind = \"127.0.0.1:0\""
@@ -371,33 +404,7 @@ fn link_carries_messages_both_ways_once_and_in_order() {
 
     // The on-premises ACK is recorded with each message at the hub.
     let delivered = wait_until(WAIT, || {
-        let (status, body) = http(
-            admin,
-            "POST",
-            "/api/messages/search",
-            r#"{"channel":"orders"}"#,
-        );
-        assert_eq!(status, 200, "{body}");
-        let ids: Vec<i64> = json(&body)["messages"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|m| m["id"].as_i64().unwrap())
-            .collect();
-        let codes: Vec<String> = ids
-            .iter()
-            .filter_map(|id| {
-                let (_, body) = http(admin, "GET", &format!("/api/messages/{id}"), "");
-                let v = json(&body);
-                let d = &v["deliveries"][0];
-                (d["state"] == "delivered").then(|| {
-                    d["attempts"].as_array().unwrap().last().unwrap()["ack_code"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_owned()
-                })
-            })
-            .collect();
+        let codes = delivered_ack_codes(admin, "orders");
         (codes.len() == 5).then_some(codes)
     })
     .expect("the hub records every outbound delivery");
@@ -1333,32 +1340,7 @@ fn link_outbound_waits_for_the_on_premises_ack() {
     onprem.wait_for_line(false, WAIT, |l| l.starts_with("READY "));
     let admin = hub.admin.unwrap();
     let codes = wait_until(WAIT, || {
-        let (_, body) = http(
-            admin,
-            "POST",
-            "/api/messages/search",
-            r#"{"channel":"orders"}"#,
-        );
-        let ids: Vec<i64> = json(&body)["messages"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|m| m["id"].as_i64().unwrap())
-            .collect();
-        let codes: Vec<String> = ids
-            .iter()
-            .filter_map(|id| {
-                let (_, body) = http(admin, "GET", &format!("/api/messages/{id}"), "");
-                let v = json(&body);
-                let d = &v["deliveries"][0];
-                (d["state"] == "delivered").then(|| {
-                    d["attempts"].as_array().unwrap().last().unwrap()["ack_code"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_owned()
-                })
-            })
-            .collect();
+        let codes = delivered_ack_codes(admin, "orders");
         (codes.len() == 3).then_some(codes)
     })
     .expect("the hub records the on-premises ACK of every message");
