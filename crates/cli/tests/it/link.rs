@@ -292,6 +292,27 @@ fn edge_config(e: &Edge<'_>) -> String {
     )
 }
 
+/// The edge `stmarys` with the default configuration (CA trust, nothing extra), its data
+/// under `dir/edge`, dialling `hub`.
+fn start_plain_edge(dir: &Path, pki_dir: &Path, hub: SocketAddr) -> Serve {
+    let (cert, key) = edge_files(pki_dir, "stmarys");
+    Serve::start(
+        dir,
+        "edge",
+        &edge_config(&Edge {
+            name: "stmarys",
+            data: &dir.join("edge"),
+            hub,
+            trust: ca_trust(pki_dir),
+            cert,
+            key,
+            link_extra: "",
+            adt_extra: "",
+            channels: "",
+        }),
+    )
+}
+
 fn edge_files(pki: &Path, name: &str) -> (PathBuf, PathBuf) {
     (
         pki.join(format!("edge-{name}.pem")),
@@ -582,22 +603,7 @@ fn link_survives_cuts_under_load_exactly_once_in_order() {
         }),
     );
     let relay = Relay::start(hub.link.unwrap());
-    let (cert, key) = edge_files(&pki_dir, "stmarys");
-    let edge = Serve::start(
-        tmp.path(),
-        "edge",
-        &edge_config(&Edge {
-            name: "stmarys",
-            data: &tmp.path().join("edge"),
-            hub: relay.addr,
-            trust: ca_trust(&pki_dir),
-            cert,
-            key,
-            link_extra: "",
-            adt_extra: "",
-            channels: "",
-        }),
-    );
+    let edge = start_plain_edge(tmp.path(), &pki_dir, relay.addr);
     edge.log(&["link to the hub open"]);
     let load = Load::start(&LoadSettings {
         addr: edge.addr("adt"),
@@ -1373,22 +1379,7 @@ fn link_silent_connection_is_found_dead_and_redialled() {
         }),
     );
     let relay = Relay::start(hub.link.unwrap());
-    let (cert, key) = edge_files(&pki_dir, "stmarys");
-    let edge = Serve::start(
-        tmp.path(),
-        "edge",
-        &edge_config(&Edge {
-            name: "stmarys",
-            data: &tmp.path().join("edge"),
-            hub: relay.addr,
-            trust: ca_trust(&pki_dir),
-            cert,
-            key,
-            link_extra: "",
-            adt_extra: "",
-            channels: "",
-        }),
-    );
+    let edge = start_plain_edge(tmp.path(), &pki_dir, relay.addr);
     edge.log(&["link to the hub open"]);
     relay.freeze();
     let mut conn = MllpConn::connect(edge.addr("adt"), WAIT).unwrap();
@@ -1499,22 +1490,7 @@ fn link_hub_killed_under_load_loses_and_repeats_nothing() {
         &format!("listen = \"127.0.0.1:{port}\""),
     );
     let mut hub = Serve::start(tmp.path(), "hub", &hub_cfg);
-    let (cert, key) = edge_files(&pki_dir, "stmarys");
-    let edge = Serve::start(
-        tmp.path(),
-        "edge",
-        &edge_config(&Edge {
-            name: "stmarys",
-            data: &tmp.path().join("edge"),
-            hub: hub.link.unwrap(),
-            trust: ca_trust(&pki_dir),
-            cert,
-            key,
-            link_extra: "",
-            adt_extra: "",
-            channels: "",
-        }),
-    );
+    let edge = start_plain_edge(tmp.path(), &pki_dir, hub.link.unwrap());
     edge.log(&["link to the hub open"]);
     let load = Load::start(&LoadSettings {
         addr: edge.addr("adt"),
@@ -1577,22 +1553,7 @@ fn link_lost_answers_resend_and_the_hub_drops_the_copies() {
         .replace("dead_after = \"2s\"", "dead_after = \"60s\""),
     );
     let relay = Relay::start(hub.link.unwrap());
-    let (cert, key) = edge_files(&pki_dir, "stmarys");
-    let edge = Serve::start(
-        tmp.path(),
-        "edge",
-        &edge_config(&Edge {
-            name: "stmarys",
-            data: &tmp.path().join("edge"),
-            hub: relay.addr,
-            trust: ca_trust(&pki_dir),
-            cert,
-            key,
-            link_extra: "",
-            adt_extra: "",
-            channels: "",
-        }),
-    );
+    let edge = start_plain_edge(tmp.path(), &pki_dir, relay.addr);
     edge.log(&["link to the hub open"]);
     relay.freeze_replies();
     let sent = messages(0, 5);
