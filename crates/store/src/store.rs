@@ -168,6 +168,22 @@ pub struct StoreSettings {
     /// Writes beyond it fail as `Unavailable`, like a full disk, while the disk itself
     /// keeps room for logs and the WAL. Unset (the default): limited by the disk.
     pub max_database_bytes: Option<u64>,
+    /// SQLite only: the size of the ingest journal, the file an ingest is made durable in
+    /// before its caller is answered (see `sqlite::journal`). Zero turns it off: every
+    /// batch is then committed and its WAL synced before its callers are answered, which
+    /// costs the writer several times the CPU per message. Default 64 MiB.
+    pub journal_bytes: u64,
+    /// SQLite with the journal: the most ingests the writer holds in one open transaction
+    /// before it commits them. Default 8192.
+    pub journal_commit_messages: usize,
+    /// SQLite with the journal: the longest the writer keeps a transaction open. A read
+    /// never waits for it (it asks for a commit), so this bounds how much the journal
+    /// must replay after a crash. Default 200 ms.
+    pub journal_commit_interval: Duration,
+    /// SQLite with the journal: how long the writer waits for another request before it
+    /// commits the open transaction, so that an idle store has everything committed.
+    /// Default 2 ms.
+    pub journal_idle_commit: Duration,
 }
 
 impl Default for StoreSettings {
@@ -182,6 +198,10 @@ impl Default for StoreSettings {
             read_connections: 4,
             busy_timeout: Duration::from_secs(5),
             max_database_bytes: None,
+            journal_bytes: 64 << 20,
+            journal_commit_messages: 8192,
+            journal_commit_interval: Duration::from_millis(200),
+            journal_idle_commit: Duration::from_millis(2),
         }
     }
 }
@@ -232,6 +252,30 @@ impl StoreSettings {
     /// Sets [`StoreSettings::max_database_bytes`].
     pub fn max_database_bytes(mut self, bytes: u64) -> Self {
         self.max_database_bytes = Some(bytes);
+        self
+    }
+
+    /// Sets [`StoreSettings::journal_bytes`] (zero: no journal).
+    pub fn journal_bytes(mut self, bytes: u64) -> Self {
+        self.journal_bytes = bytes;
+        self
+    }
+
+    /// Sets [`StoreSettings::journal_commit_messages`].
+    pub fn journal_commit_messages(mut self, n: usize) -> Self {
+        self.journal_commit_messages = n;
+        self
+    }
+
+    /// Sets [`StoreSettings::journal_commit_interval`].
+    pub fn journal_commit_interval(mut self, interval: Duration) -> Self {
+        self.journal_commit_interval = interval;
+        self
+    }
+
+    /// Sets [`StoreSettings::journal_idle_commit`].
+    pub fn journal_idle_commit(mut self, wait: Duration) -> Self {
+        self.journal_idle_commit = wait;
         self
     }
 

@@ -22,11 +22,15 @@
 //!
 //! The schema and its invariants are documented in [`schema`].
 
+mod journal;
 mod read;
 pub mod schema;
+#[cfg(test)]
+mod tests;
 mod writer;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -42,7 +46,8 @@ use crate::types::{
     Ingested, Lease, MessageId, MessageRecord, NewMessage, NewQuarantine, PendingDelivery,
     PruneReport, QuarantineId, QuarantinePage, Retention, SearchPage, SearchQuery, Timestamp,
 };
-use writer::{Command, WriterState};
+use journal::JournalFile;
+use writer::{Command, JournalSide, Progress, WriterState};
 
 /// The SQLite [`Store`]. Cheap to share behind an `Arc`; dropping the last handle stops
 /// the writer after it has committed what was queued.
@@ -55,6 +60,8 @@ pub struct SqliteStore {
     writer_thread: std::thread::Thread,
     readers: Arc<Readers>,
     counters: Arc<WriterCounters>,
+    /// How far journaled ingests are applied and committed; `None` without a journal.
+    progress: Option<Arc<Progress>>,
 }
 
 pub(crate) use crate::writer_stats::WriterCounters;
@@ -73,40 +80,51 @@ impl SqliteStore {
         let open_path = path.clone();
         let busy = settings.busy_timeout;
         let max_bytes = settings.max_database_bytes;
-        let (conn, checkpoint_conn, wal) = tokio::task::spawn_blocking(move || -> Result<_> {
-            let mut conn = open_connection(&open_path, busy, false)?;
-            // The only clock read: when a migration was applied, for the record.
-            let now = Timestamp::from(SystemTime::now()).as_millis();
-            schema::migrate(&mut conn, now)?;
-            if let Some(bytes) = max_bytes {
-                let page_size: i64 = conn
-                    .query_row("PRAGMA page_size", [], |r| r.get(0))
-                    .map_err(sql_err("read page size"))?;
-                let pages = i64::try_from(bytes).unwrap_or(i64::MAX) / page_size.max(1);
-                conn.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(()))
-                    .map_err(sql_err("set max page count"))?;
-            }
-            let checkpoint_conn = open_connection(&open_path, busy, false)?;
-            // The writer commits without syncing and the WAL is synced through this
-            // handle before any caller is answered (see `writer::Committed`).
-            conn.execute_batch("PRAGMA synchronous = NORMAL")
-                .map_err(sql_err("set writer synchronous mode"))?;
-            let mut wal_path = open_path.clone().into_os_string();
-            wal_path.push("-wal");
-            let wal = std::fs::File::open(&wal_path)
-                .map_err(|e| StoreError::unavailable("open the write-ahead log", e))?;
-            Ok((conn, checkpoint_conn, wal))
-        })
-        .await
-        .map_err(|e| StoreError::unavailable("open store", e))??;
+        let journal_settings = settings.clone();
+        let (conn, checkpoint_conn, wal, recovered) =
+            tokio::task::spawn_blocking(move || -> Result<_> {
+                let mut conn = open_connection(&open_path, busy, false)?;
+                // The only clock read: when a migration was applied, for the record.
+                let now = Timestamp::from(SystemTime::now()).as_millis();
+                schema::migrate(&mut conn, now)?;
+                if let Some(bytes) = max_bytes {
+                    let page_size: i64 = conn
+                        .query_row("PRAGMA page_size", [], |r| r.get(0))
+                        .map_err(sql_err("read page size"))?;
+                    let pages = i64::try_from(bytes).unwrap_or(i64::MAX) / page_size.max(1);
+                    conn.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(()))
+                        .map_err(sql_err("set max page count"))?;
+                }
+                // Before anything else writes: ingests answered from the journal and not yet
+                // committed here (a crash, a power cut) are applied again.
+                let recovered = recover(&mut conn, &open_path, &journal_settings)?;
+                let checkpoint_conn = open_connection(&open_path, busy, false)?;
+                // The writer commits without syncing and the WAL is synced through this
+                // handle before any caller is answered (see `writer::Committed`).
+                conn.execute_batch("PRAGMA synchronous = NORMAL")
+                    .map_err(sql_err("set writer synchronous mode"))?;
+                let mut wal_path = open_path.clone().into_os_string();
+                wal_path.push("-wal");
+                let wal = std::fs::File::open(&wal_path)
+                    .map_err(|e| StoreError::unavailable("open the write-ahead log", e))?;
+                Ok((conn, checkpoint_conn, wal, recovered))
+            })
+            .await
+            .map_err(|e| StoreError::unavailable("open store", e))??;
 
         let (tx, rx) = mpsc::channel(settings.write_queue);
         let counters = Arc::new(WriterCounters::default());
         let state = WriterState::new(&settings, Arc::clone(&counters));
         let max_batch = settings.max_batch;
+        let mut progress = None;
+        let journal = recovered.map(|(file, generation, seq)| {
+            let p = Arc::new(Progress::new(seq));
+            progress = Some(Arc::clone(&p));
+            JournalSide::new(file, p, generation, seq, &settings)
+        });
         let writer_thread = std::thread::Builder::new()
             .name("cw-store-writer".into())
-            .spawn(move || writer::run(conn, checkpoint_conn, wal, rx, state, max_batch))
+            .spawn(move || writer::run(conn, checkpoint_conn, wal, rx, state, max_batch, journal))
             .map_err(|e| StoreError::unavailable("start writer thread", e))?
             .thread()
             .clone();
@@ -123,6 +141,7 @@ impl SqliteStore {
             writer: tx,
             writer_thread,
             counters,
+            progress,
         })
     }
 
@@ -150,13 +169,57 @@ impl SqliteStore {
         F: FnOnce(&Connection, &mut WriterState) -> Result<T> + Send + 'static,
     {
         let (reply, answer) = oneshot::channel();
+        self.send(Command::job(f, reply)).await?;
+        // A dropped reply means the writer thread is gone (it panicked).
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Stops the writer as a crash would (the open transaction is lost, what the
+    /// journal holds is not), for recovery tests.
+    #[cfg(test)]
+    async fn crash(&self) {
+        let (done, crashed) = oneshot::channel();
+        if self.send(Command::Crash(done)).await.is_ok() {
+            let _ = crashed.await;
+        }
+        self.readers.close();
+    }
+
+    /// Queues a command for the writer and wakes it (it may be lingering).
+    async fn send(&self, command: Command) -> Result<()> {
         self.writer
-            .send(Command::job(f, reply))
+            .send(command)
             .await
             .map_err(|_| StoreError::Closed)?;
         self.writer_thread.unpark();
-        // A dropped reply means the writer thread is gone (it panicked).
-        answer.await.map_err(|_| StoreError::Closed)?
+        Ok(())
+    }
+
+    /// Waits until every ingest answered before now is committed, so that a read sees
+    /// it: journaled ingests are answered from an open transaction (see `journal`).
+    async fn barrier(&self) -> Result<()> {
+        let Some(progress) = &self.progress else {
+            return Ok(());
+        };
+        let want = progress.applied.load(Ordering::Acquire);
+        let mut committed = progress.committed.subscribe();
+        if *committed.borrow() >= want {
+            return Ok(());
+        }
+        self.send(Command::Barrier).await?;
+        match tokio::time::timeout(
+            self.settings.busy_timeout,
+            committed.wait_for(|&c| c >= want),
+        )
+        .await
+        {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err(StoreError::Closed),
+            Err(_) => Err(StoreError::unavailable(
+                "read",
+                "journaled ingests were not committed in time",
+            )),
+        }
     }
 
     /// Runs `f` with a read connection on the blocking pool.
@@ -168,6 +231,7 @@ impl SqliteStore {
         if self.writer.is_closed() {
             return Err(StoreError::Closed);
         }
+        self.barrier().await?;
         let permit = Arc::clone(&self.readers.permits)
             .acquire_owned()
             .await
@@ -192,8 +256,9 @@ impl Store for SqliteStore {
     async fn ingest(&self, message: NewMessage) -> Result<Ingested> {
         // Hashed here, on the caller's thread: the writer thread is the bottleneck.
         let key = message.dedup_key();
-        self.write(move |c, st| writer::ingest(c, st, &message, &key))
-            .await
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::ingest(message, key, reply)).await?;
+        answer.await.map_err(|_| StoreError::Closed)?
     }
 
     async fn quarantine(&self, entry: NewQuarantine) -> Result<QuarantineId> {
@@ -370,6 +435,64 @@ impl Store for SqliteStore {
         self.readers.close();
         Ok(())
     }
+}
+
+// === recovery ===
+
+/// Applies the journal's ingests that the database does not hold, then starts a new
+/// generation (see `journal`). Returns the journal, its new generation and the last
+/// sequence number used; `None` when the journal is off (after recovering what an
+/// earlier run with it left).
+fn recover(
+    conn: &mut Connection,
+    database: &Path,
+    settings: &StoreSettings,
+) -> Result<Option<(JournalFile, u64, u64)>> {
+    let path = journal::path_for(database);
+    if settings.journal_bytes == 0 && !path.exists() {
+        return Ok(None);
+    }
+    let (file, contents) = JournalFile::open(&path, settings.journal_bytes, settings.busy_timeout)?;
+    // The write lock first, so the mark read is the one the ingests are applied against.
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(sql_err("begin journal recovery"))?;
+    let (generation, applied): (i64, i64) = tx
+        .query_row(
+            "SELECT generation, applied_seq FROM ingest_journal WHERE id = 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .map_err(sql_err("read the journal mark"))?;
+    let (generation, applied) = (generation as u64, applied as u64);
+    let (records, last) = journal::scan(&contents, generation, applied)?;
+    drop(contents);
+    let seq = last.max(applied);
+    let mut state = WriterState::new(settings, Arc::new(WriterCounters::default()));
+    for (_, redo) in &records {
+        writer::apply_redo(&tx, &mut state, redo)?;
+    }
+    tx.execute(
+        "UPDATE ingest_journal SET generation = ?1, applied_seq = ?2 WHERE id = 1",
+        (generation as i64 + 1, seq as i64),
+    )
+    .map_err(sql_err("write the journal mark"))?;
+    // This connection still has synchronous=FULL: the commit is synced.
+    tx.commit().map_err(sql_err("commit journal recovery"))?;
+    if !records.is_empty() {
+        tracing::warn!(
+            ingests = records.len(),
+            journal = %path.display(),
+            "store applied acknowledged ingests again from its journal (the last run did not close the store)"
+        );
+    }
+    if settings.journal_bytes == 0 {
+        drop(file);
+        std::fs::remove_file(&path)
+            .map_err(|e| StoreError::unavailable("remove the ingest journal", e))?;
+        return Ok(None);
+    }
+    Ok(Some((file, generation + 1, seq)))
 }
 
 // === Readers ===

@@ -38,6 +38,9 @@
 //! - `leases(destination, node_id, expires_at)`: who delivers to a destination.
 //! - `totals(id = 1, message_bytes)`: the sum of `messages.size`, kept by ingest and
 //!   prune in the same transaction, so retention by size does not scan the table.
+//! - `ingest_journal(id = 1, generation, applied_seq)` (version 2): the ingest journal's
+//!   current generation and the last journal record whose ingest is committed here,
+//!   written in the same transaction as the ingest's rows (see `journal`).
 //!
 //! # Invariants
 //! - Every `messages` row has exactly one `message_bodies` row.
@@ -53,10 +56,10 @@ use crate::error::{Result, StoreError};
 use crate::sqlite::sql_err;
 
 /// The newest schema version this build reads and writes.
-pub const CURRENT_VERSION: i64 = 1;
+pub const CURRENT_VERSION: i64 = 2;
 
 /// Migrations in order; migration `i` brings the schema to version `i + 1`.
-const MIGRATIONS: &[&str] = &[V1];
+const MIGRATIONS: &[&str] = &[V1, V2];
 
 const V1: &str = "
 CREATE TABLE messages (
@@ -156,6 +159,16 @@ INSERT INTO totals (id, message_bytes) VALUES (1, 0);
 
 CREATE TABLE health (id INTEGER PRIMARY KEY CHECK (id = 1), checks INTEGER NOT NULL);
 INSERT INTO health (id, checks) VALUES (1, 0);
+";
+
+/// Version 2: the ingest journal's place (see `journal`).
+const V2: &str = "
+CREATE TABLE ingest_journal (
+    id          INTEGER PRIMARY KEY CHECK (id = 1),
+    generation  INTEGER NOT NULL,
+    applied_seq INTEGER NOT NULL
+);
+INSERT INTO ingest_journal (id, generation, applied_seq) VALUES (1, 0, 0);
 ";
 
 /// Sets the connection pragmas every connection needs.

@@ -6,12 +6,15 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use rusqlite::{Connection, OptionalExtension, params};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::error::{Result, StoreError};
+use crate::sqlite::journal::{self, JournalFile, JournalShared, JournalWrite, Redo};
 use crate::sqlite::{WriterCounters, sql_err};
 use crate::store::StoreSettings;
 use crate::types::{
@@ -25,8 +28,14 @@ use crate::types::{
 pub(super) enum Command {
     /// Run this inside the next batch.
     Job(Box<dyn Job>),
+    /// A reader needs every ingest answered so far committed: commit the open
+    /// transaction after this batch (see `Progress`).
+    Barrier,
     /// Finish what is queued, then stop; answer when the database is closed.
     Close(oneshot::Sender<()>),
+    /// Stop as a crash would: the open transaction is dropped, not committed.
+    #[cfg(test)]
+    Crash(oneshot::Sender<()>),
 }
 
 impl Command {
@@ -41,13 +50,30 @@ impl Command {
             reply,
         }))
     }
+
+    /// An ingest: the one write the journal can make durable (see `journal`).
+    pub(super) fn ingest(
+        message: NewMessage,
+        key: [u8; 32],
+        reply: oneshot::Sender<Result<Ingested>>,
+    ) -> Self {
+        Command::Job(Box::new(IngestJob {
+            message,
+            key,
+            out: None,
+            reply,
+        }))
+    }
 }
 
 impl std::fmt::Debug for Command {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Command::Job(_) => f.write_str("Job"),
+            Command::Barrier => f.write_str("Barrier"),
             Command::Close(_) => f.write_str("Close"),
+            #[cfg(test)]
+            Command::Crash(_) => f.write_str("Crash"),
         }
     }
 }
@@ -58,12 +84,21 @@ impl std::fmt::Debug for Command {
 /// per request (savepoints copy every page they touch): a write refuses a request
 /// (`InvalidInput`, `NotFound`, `Conflict`) only before its first change. After that,
 /// the only errors are store failures, and a store failure aborts the whole batch.
-pub(super) trait Job: Send {
+pub(crate) trait Job: Send {
     /// Runs the write.
     fn run(&mut self, conn: &Connection, state: &mut WriterState) -> Ran;
     /// Answers the caller once the batch's fate is known: `commit_error` is set when the
-    /// commit failed, which fails the writes that had succeeded too.
+    /// commit (or the journal's sync) failed, which fails the writes that had succeeded too.
     fn finish(self: Box<Self>, commit_error: Option<&str>);
+    /// True for a write the ingest journal can make durable (an ingest).
+    fn journaled(&self) -> bool {
+        false
+    }
+    /// Appends the journal record of what `run` wrote, if it wrote anything, numbered
+    /// `seq`. True when it appended one.
+    fn encode(&self, _out: &mut Vec<u8>, _generation: u64, _seq: u64) -> bool {
+        false
+    }
 }
 
 /// How a write went.
@@ -74,6 +109,27 @@ pub(super) enum Ran {
     Refused,
     /// The store failed part way; the batch must be rolled back.
     StoreFailure(String),
+}
+
+impl Ran {
+    fn of<T>(out: &Result<T>) -> Ran {
+        match out {
+            Ok(_) => Ran::Ok,
+            Err(e) if e.is_store_failure() => Ran::StoreFailure(e.to_string()),
+            Err(_) => Ran::Refused,
+        }
+    }
+}
+
+/// The answer to a job whose batch ended with `commit_error` (or `None`).
+fn answer<T>(out: Option<Result<T>>, commit_error: Option<&str>) -> Result<T> {
+    match (out, commit_error) {
+        (Some(Ok(_)), Some(e)) | (None, Some(e)) => {
+            Err(StoreError::unavailable("commit", e.to_owned()))
+        }
+        (Some(out), _) => out,
+        (None, None) => Err(StoreError::Closed),
+    }
 }
 
 struct TypedJob<T, F> {
@@ -92,25 +148,67 @@ where
             return Ran::Refused;
         };
         let out = f(conn, state);
-        let ran = match &out {
-            Ok(_) => Ran::Ok,
-            Err(e) if e.is_store_failure() => Ran::StoreFailure(e.to_string()),
-            Err(_) => Ran::Refused,
-        };
+        let ran = Ran::of(&out);
         self.out = Some(out);
         ran
     }
 
     fn finish(self: Box<Self>, commit_error: Option<&str>) {
-        let out = match (self.out, commit_error) {
-            (Some(Ok(_)), Some(e)) | (None, Some(e)) => {
-                Err(StoreError::unavailable("commit", e.to_owned()))
-            }
-            (Some(out), _) => out,
-            (None, None) => Err(StoreError::Closed),
-        };
         // The caller may have given up waiting (a timeout); the write stands regardless.
-        let _ = self.reply.send(out);
+        let _ = self.reply.send(answer(self.out, commit_error));
+    }
+}
+
+/// An ingest, kept whole so that its journal record can be written after it ran.
+struct IngestJob {
+    message: NewMessage,
+    key: [u8; 32],
+    out: Option<Result<Ingested>>,
+    reply: oneshot::Sender<Result<Ingested>>,
+}
+
+impl Job for IngestJob {
+    fn run(&mut self, conn: &Connection, state: &mut WriterState) -> Ran {
+        let out = ingest(conn, state, &self.message, &self.key);
+        let ran = Ran::of(&out);
+        self.out = Some(out);
+        ran
+    }
+
+    fn finish(self: Box<Self>, commit_error: Option<&str>) {
+        let _ = self.reply.send(answer(self.out, commit_error));
+    }
+
+    fn journaled(&self) -> bool {
+        true
+    }
+
+    fn encode(&self, out: &mut Vec<u8>, generation: u64, seq: u64) -> bool {
+        let Some(Ok(done)) = &self.out else {
+            return false;
+        };
+        let destinations = self.message.validated_destinations().unwrap_or_default();
+        let redo = Redo {
+            id: done.id.0,
+            status: if done.duplicate_of.is_some() {
+                MessageStatus::Duplicate
+            } else if done.deliveries.is_empty() {
+                MessageStatus::Filtered
+            } else {
+                MessageStatus::Pending
+            },
+            duplicate_of: done.duplicate_of.map(|d| d.0),
+            key: self.key,
+            message: self.message.clone(),
+            deliveries: done
+                .deliveries
+                .iter()
+                .zip(destinations)
+                .map(|(id, d)| (id.0, d.to_owned()))
+                .collect(),
+        };
+        journal::encode(out, generation, seq, &redo);
+        true
     }
 }
 
@@ -136,14 +234,143 @@ impl WriterState {
     }
 }
 
-/// The writer thread's loop: take what is queued, commit it as one batch, answer.
+/// How far ingests have got, shared with readers so that a read sees every ingest that
+/// was answered before it started (`SqliteStore::read`).
+#[derive(Debug)]
+pub(crate) struct Progress {
+    /// The last journal sequence number applied to the writer's transaction. A caller is
+    /// answered only after its ingest's number is here.
+    pub applied: AtomicU64,
+    /// The last sequence number whose transaction is committed (visible to readers).
+    pub committed: watch::Sender<u64>,
+}
+
+impl Progress {
+    pub(super) fn new(at: u64) -> Self {
+        Progress {
+            applied: AtomicU64::new(at),
+            committed: watch::Sender::new(at),
+        }
+    }
+}
+
+/// The writer's side of the ingest journal.
+pub(super) struct JournalSide {
+    pub file: Arc<JournalFile>,
+    pub shared: Arc<JournalShared>,
+    pub progress: Arc<Progress>,
+    /// The generation records are written in (see `journal`).
+    pub generation: u64,
+    /// The last sequence number given to a record.
+    pub seq: u64,
+    /// Where the next batch of records goes.
+    pub offset: u64,
+    /// Commit the open transaction once it holds this many ingests.
+    pub commit_messages: usize,
+    /// Commit the open transaction once it is this old.
+    pub commit_interval: Duration,
+    /// Commit the open transaction once no request has come for this long.
+    pub idle_commit: Duration,
+    to_thread: Option<std::sync::mpsc::SyncSender<JournalWrite>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl JournalSide {
+    pub(super) fn new(
+        file: JournalFile,
+        progress: Arc<Progress>,
+        generation: u64,
+        seq: u64,
+        settings: &StoreSettings,
+    ) -> Self {
+        let file = Arc::new(file);
+        let shared = Arc::new(JournalShared::default());
+        let (to_thread, thread) = match journal::spawn(Arc::clone(&file), Arc::clone(&shared)) {
+            Ok((tx, handle)) => (Some(tx), Some(handle)),
+            Err(e) => {
+                // Not fatal: the writer then writes and syncs the journal itself.
+                tracing::warn!(error = %e, "store journal thread did not start");
+                (None, None)
+            }
+        };
+        JournalSide {
+            file,
+            shared,
+            progress,
+            generation,
+            seq,
+            offset: 0,
+            commit_messages: settings.journal_commit_messages.max(1),
+            commit_interval: settings.journal_commit_interval,
+            idle_commit: settings.journal_idle_commit,
+            to_thread,
+            thread,
+        }
+    }
+
+    fn failed(&self) -> bool {
+        self.shared.failed.load(Ordering::Acquire)
+    }
+
+    /// Hands a batch of records to the journal thread, or writes and syncs it here when
+    /// nothing else is waiting (a lone sender saves the hand-off).
+    fn submit(&self, write: JournalWrite, busy: bool) {
+        let idle = self.shared.in_flight.load(Ordering::Acquire) == 0;
+        let write = match &self.to_thread {
+            Some(to) if busy || !idle => {
+                self.shared.in_flight.fetch_add(1, Ordering::AcqRel);
+                match to.send(write) {
+                    Ok(()) => return,
+                    Err(std::sync::mpsc::SendError(write)) => {
+                        self.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+                        write
+                    }
+                }
+            }
+            _ => write,
+        };
+        // Earlier batches are answered first: only reached with none in flight, or
+        // with the thread gone.
+        let error = journal::write_and_sync(&self.file, &self.shared, std::slice::from_ref(&write));
+        for job in write.jobs {
+            job.finish(error.as_deref());
+        }
+    }
+
+    /// Stops the journal thread after it has answered everything sent to it.
+    fn stop(&mut self) {
+        drop(self.to_thread.take());
+        if let Some(handle) = self.thread.take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+/// The writer's open transaction, when the journal keeps it open across batches.
+#[derive(Default)]
+struct OpenTx {
+    open: bool,
+    started: Option<Instant>,
+    /// The journal records of the ingests applied in it, batch by batch: what must be
+    /// applied again if it is rolled back.
+    batches: Vec<Bytes>,
+    /// Ingests applied in it.
+    messages: usize,
+    /// Set when a rollback undid journaled ingests and applying them again failed: no
+    /// other write may run before they are back.
+    needs_reapply: bool,
+}
+
+/// The writer thread's loop: take what is queued, run it as one batch, make it durable
+/// (a journal sync, or a commit and a WAL sync), answer.
 pub(super) fn run(
-    mut conn: Connection,
+    conn: Connection,
     checkpoint_conn: Connection,
     wal: std::fs::File,
-    mut rx: mpsc::Receiver<Command>,
-    mut state: WriterState,
+    rx: mpsc::Receiver<Command>,
+    state: WriterState,
     max_batch: usize,
+    journal: Option<JournalSide>,
 ) {
     let wal = Arc::new(wal);
     let (to_syncer, synced) = std::sync::mpsc::sync_channel::<Committed>(SYNC_QUEUE);
@@ -167,69 +394,425 @@ pub(super) fn run(
         // Not fatal: the writer's own auto-checkpoint still bounds the WAL.
         tracing::warn!(error = %e, "store checkpoint thread did not start");
     }
-    let mut jobs: Vec<Box<dyn Job>> = Vec::with_capacity(max_batch);
-    let mut closers = Vec::new();
-    let mut last_batch = 0;
-    while let Some(first) = rx.blocking_recv() {
-        let mut next = Some(first);
-        let mut linger = Linger::new(state.linger, last_batch);
-        loop {
-            while let Some(cmd) = next.take() {
-                match cmd {
-                    Command::Job(job) => jobs.push(job),
-                    Command::Close(done) => {
-                        // Accept nothing new; what is already queued still runs.
-                        rx.close();
-                        closers.push(done);
-                    }
-                }
-                if jobs.len() < max_batch {
-                    next = rx.try_recv().ok();
-                }
-            }
-            if jobs.len() >= max_batch || !closers.is_empty() || !linger.wait() {
-                break;
-            }
-            next = rx.try_recv().ok();
-            if next.is_some() {
-                linger.arrived();
-            }
-        }
-        last_batch = jobs.len();
-        if !jobs.is_empty() {
-            let commit_error = commit_batch(&mut conn, &mut state, &mut jobs);
-            let batch = Committed {
-                jobs: std::mem::replace(&mut jobs, Vec::with_capacity(max_batch)),
-                commit_error,
-            };
-            // Under load (more requests queued), the sync thread syncs this batch while
-            // the writer applies the next one. Otherwise syncing here saves a hand-off.
-            match &to_syncer {
-                Some(syncer) if !rx.is_empty() => {
-                    if let Err(std::sync::mpsc::SendError(batch)) = syncer.send(batch) {
-                        batch.sync_and_answer(&wal);
-                    }
-                }
-                _ => batch.sync_and_answer(&wal),
-            }
-        }
-    }
+    let mut writer = Writer {
+        conn,
+        state,
+        wal,
+        rx,
+        to_syncer,
+        journal,
+        tx: OpenTx::default(),
+        max_batch,
+    };
+    let closers = writer.serve();
     // Answers what is still being synced before the database is closed.
-    drop(to_syncer);
+    drop(writer.to_syncer.take());
     if let Some(handle) = syncer {
         let _ = handle.join();
+    }
+    if let Some(journal) = &mut writer.journal {
+        journal.stop();
     }
     drop(stop_checkpoints);
     if let Ok(handle) = checkpointer {
         let _ = handle.join();
     }
     // Fold the WAL back into the database so the file is complete on its own.
-    if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)") {
+    if let Err(e) = writer.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)") {
         tracing::warn!(error = %e, "store checkpoint at close failed");
     }
-    drop(conn);
+    drop(writer);
     for done in closers {
         let _ = done.send(());
+    }
+}
+
+/// The writer thread's state.
+struct Writer {
+    conn: Connection,
+    state: WriterState,
+    wal: Arc<std::fs::File>,
+    rx: mpsc::Receiver<Command>,
+    to_syncer: Option<std::sync::mpsc::SyncSender<Committed>>,
+    journal: Option<JournalSide>,
+    tx: OpenTx,
+    max_batch: usize,
+}
+
+/// A commit that did not go through: rolled back, or committed but not synced.
+struct CommitError {
+    committed: bool,
+    message: String,
+}
+
+/// What the writer waits for next.
+enum Next {
+    Command(Command),
+    /// Nothing came while a transaction was open: commit it.
+    Idle,
+    /// Every sender is gone.
+    Closed,
+}
+
+impl Writer {
+    /// Runs batches until the queue closes; returns who asked to be told of the close.
+    fn serve(&mut self) -> Vec<oneshot::Sender<()>> {
+        let mut jobs: Vec<Box<dyn Job>> = Vec::with_capacity(self.max_batch);
+        let mut closers = Vec::new();
+        let mut last_batch = 0;
+        loop {
+            let first = match self.next() {
+                Next::Command(c) => c,
+                Next::Idle => {
+                    self.commit_open(false);
+                    continue;
+                }
+                Next::Closed => break,
+            };
+            let mut next = Some(first);
+            let mut barrier = false;
+            let mut linger = Linger::new(self.state.linger, last_batch);
+            loop {
+                while let Some(cmd) = next.take() {
+                    match cmd {
+                        Command::Job(job) => jobs.push(job),
+                        Command::Barrier => barrier = true,
+                        Command::Close(done) => {
+                            // Accept nothing new; what is already queued still runs.
+                            self.rx.close();
+                            closers.push(done);
+                        }
+                        #[cfg(test)]
+                        Command::Crash(done) => {
+                            self.rx.close();
+                            let _ = self.conn.execute_batch("ROLLBACK");
+                            self.tx = OpenTx::default();
+                            for job in jobs.drain(..) {
+                                job.finish(Some("crashed"));
+                            }
+                            if let Some(j) = &mut self.journal {
+                                j.stop();
+                            }
+                            closers.push(done);
+                            return closers;
+                        }
+                    }
+                    if jobs.len() < self.max_batch {
+                        next = self.rx.try_recv().ok();
+                    }
+                }
+                if jobs.len() >= self.max_batch || !closers.is_empty() || !linger.wait() {
+                    break;
+                }
+                next = self.rx.try_recv().ok();
+                if next.is_some() {
+                    linger.arrived();
+                }
+            }
+            last_batch = jobs.len();
+            if !jobs.is_empty() {
+                let batch = std::mem::replace(&mut jobs, Vec::with_capacity(self.max_batch));
+                self.batch(batch);
+            }
+            if self.tx.open && (barrier || !closers.is_empty() || self.tx_due()) {
+                self.commit_open(false);
+            }
+        }
+        if self.tx.open {
+            self.commit_open(false);
+        }
+        closers
+    }
+
+    /// The next command; with a transaction open, `Idle` once none has come for the
+    /// journal's idle time (or the transaction is due).
+    fn next(&mut self) -> Next {
+        let idle = match &self.journal {
+            Some(j) if self.tx.open => j.idle_commit.min(j.commit_interval),
+            _ => {
+                return match self.rx.blocking_recv() {
+                    Some(c) => Next::Command(c),
+                    None => Next::Closed,
+                };
+            }
+        };
+        let deadline = Instant::now() + idle;
+        loop {
+            match self.rx.try_recv() {
+                Ok(c) => return Next::Command(c),
+                Err(mpsc::error::TryRecvError::Disconnected) => return Next::Closed,
+                Err(mpsc::error::TryRecvError::Empty) => {}
+            }
+            let now = Instant::now();
+            if now >= deadline || self.tx_due() {
+                return Next::Idle;
+            }
+            // `SqliteStore::write` unparks this thread after each send.
+            std::thread::park_timeout(deadline - now);
+        }
+    }
+
+    /// True when the open transaction should be committed now.
+    fn tx_due(&self) -> bool {
+        let Some(j) = &self.journal else {
+            return true;
+        };
+        self.tx.messages >= j.commit_messages
+            || self
+                .tx
+                .started
+                .is_some_and(|s| s.elapsed() >= j.commit_interval)
+    }
+
+    /// Runs one batch and sees to it that every job in it is answered.
+    fn batch(&mut self, mut jobs: Vec<Box<dyn Job>>) {
+        // A journal that failed is given up: what it held is made durable by a synced
+        // commit, and from now on every batch is.
+        if self.journal.as_ref().is_some_and(JournalSide::failed) {
+            if self.tx.open {
+                self.commit_open(true);
+            }
+            if let Some(mut journal) = self.journal.take() {
+                journal.stop();
+            }
+        }
+        if self.tx.needs_reapply
+            && let Err(e) = self.reapply()
+        {
+            self.fail(jobs, &e);
+            return;
+        }
+        if !self.tx.open {
+            if let Err(e) = self.conn.execute_batch("BEGIN IMMEDIATE") {
+                tracing::error!(error = %e, "store batch could not begin");
+                self.fail(jobs, &e.to_string());
+                return;
+            }
+            self.tx.open = true;
+            self.tx.started = Some(Instant::now());
+        }
+        let mut failure = None;
+        for job in jobs.iter_mut() {
+            if let Ran::StoreFailure(e) = job.run(&self.conn, &mut self.state) {
+                // The writes after it never run and answer with the same failure.
+                failure = Some(e);
+                break;
+            }
+        }
+        if let Some(e) = failure {
+            tracing::error!(error = %e, batch = jobs.len(), "store batch failed, rolled back");
+            self.rollback();
+            self.fail(jobs, &e);
+            return;
+        }
+        let journaled = self.journal.is_some() && jobs.iter().all(|j| j.journaled());
+        if journaled {
+            self.journal_batch(jobs);
+        } else {
+            self.commit_batch(jobs);
+        }
+    }
+
+    /// Writes the batch's journal records and hands it over to be synced and answered;
+    /// its rows stay in the open transaction.
+    fn journal_batch(&mut self, jobs: Vec<Box<dyn Job>>) {
+        let Some(j) = &mut self.journal else {
+            return self.commit_batch(jobs);
+        };
+        let mut records = Vec::new();
+        let before = j.seq;
+        let mut seq = j.seq;
+        for job in &jobs {
+            if job.encode(&mut records, j.generation, seq + 1) {
+                seq += 1;
+            }
+        }
+        if seq == before {
+            // Every request was refused: nothing to make durable.
+            for job in jobs {
+                job.finish(None);
+            }
+            return;
+        }
+        self.state.counters.batch(jobs.len(), true);
+        // Sequence numbers are taken only by records that are written (or committed
+        // with the mark that covers them): a gap would end recovery's scan early.
+        j.seq = seq;
+        if j.offset + records.len() as u64 > j.file.capacity() {
+            // The journal is full: make everything durable in SQLite, then start it over.
+            let next_generation = j.generation + 1;
+            let result = self.commit_tx(Some(next_generation), true);
+            if let Some(j) = &mut self.journal {
+                if result.as_ref().map_or_else(|e| e.committed, |()| true) {
+                    // Committed (even if its sync failed): SQLite holds the new
+                    // generation, so records must carry it from now on.
+                    j.generation = next_generation;
+                    j.offset = 0;
+                    j.progress.applied.store(seq, Ordering::Release);
+                } else {
+                    // Rolled back: the batch's numbers are free again.
+                    j.seq = before;
+                }
+            }
+            let error = result.err().map(|e| e.message);
+            for job in jobs {
+                job.finish(error.as_deref());
+            }
+            return;
+        }
+        j.progress.applied.store(seq, Ordering::Release);
+        let records = Bytes::from(records);
+        let write = JournalWrite {
+            offset: j.offset,
+            bytes: records.clone(),
+            jobs,
+        };
+        j.offset += records.len() as u64;
+        self.tx.batches.push(records);
+        self.tx.messages += seq.saturating_sub(before) as usize;
+        let busy = !self.rx.is_empty();
+        j.submit(write, busy);
+    }
+
+    /// Commits the open transaction with this batch in it and answers the batch once the
+    /// WAL is synced.
+    fn commit_batch(&mut self, jobs: Vec<Box<dyn Job>>) {
+        let commit_error = self.commit_tx(None, false).err().map(|e| e.message);
+        self.state
+            .counters
+            .batch(jobs.len(), commit_error.is_none());
+        let batch = Committed { jobs, commit_error };
+        // Under load (more requests queued), the sync thread syncs this batch while
+        // the writer applies the next one. Otherwise syncing here saves a hand-off.
+        match &self.to_syncer {
+            Some(syncer) if !self.rx.is_empty() => {
+                if let Err(std::sync::mpsc::SendError(batch)) = syncer.send(batch) {
+                    batch.sync_and_answer(&self.wal);
+                }
+            }
+            _ => batch.sync_and_answer(&self.wal),
+        }
+    }
+
+    /// Commits the open transaction (journaled ingests only), synced or not.
+    fn commit_open(&mut self, sync: bool) {
+        if let Err(e) = self.commit_tx(None, sync) {
+            tracing::error!(error = %e.message, "store commit of journaled ingests failed; they stay in the journal");
+        }
+    }
+
+    /// Commits the open transaction, recording how far the journal is applied (and a new
+    /// generation, if given). With `sync`, returns only once the WAL is synced.
+    fn commit_tx(
+        &mut self,
+        generation: Option<u64>,
+        sync: bool,
+    ) -> std::result::Result<(), CommitError> {
+        if !self.tx.open {
+            return Ok(());
+        }
+        let result = self
+            .mark_applied(generation)
+            .and_then(|()| self.conn.execute_batch("COMMIT").map_err(|e| e.to_string()));
+        if let Err(message) = result {
+            tracing::error!(error = %message, "store commit failed, rolled back");
+            self.rollback();
+            return Err(CommitError {
+                committed: false,
+                message,
+            });
+        }
+        self.tx = OpenTx::default();
+        if let Some(j) = &self.journal {
+            j.progress.committed.send_replace(j.seq);
+        }
+        if sync && let Err(e) = self.wal.sync_data() {
+            tracing::error!(error = %e, "store WAL sync failed");
+            return Err(CommitError {
+                committed: true,
+                message: format!("sync the write-ahead log: {e}"),
+            });
+        }
+        Ok(())
+    }
+
+    /// Writes the journal's applied mark into the open transaction.
+    fn mark_applied(&self, generation: Option<u64>) -> std::result::Result<(), String> {
+        let Some(j) = &self.journal else {
+            return Ok(());
+        };
+        let generation = generation.unwrap_or(j.generation) as i64;
+        self.conn
+            .prepare_cached(
+                "UPDATE ingest_journal SET generation = ?1, applied_seq = ?2 WHERE id = 1",
+            )
+            .and_then(|mut s| s.execute(params![generation, j.seq as i64]))
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    /// Rolls the open transaction back and applies its journaled ingests again, which
+    /// were answered already.
+    fn rollback(&mut self) {
+        let _ = self.conn.execute_batch("ROLLBACK");
+        self.state.known_destinations.clear();
+        let batches = std::mem::take(&mut self.tx.batches);
+        let messages = self.tx.messages;
+        self.tx = OpenTx {
+            batches,
+            messages,
+            needs_reapply: true,
+            ..OpenTx::default()
+        };
+        if self.tx.batches.is_empty() {
+            self.tx.needs_reapply = false;
+        } else if let Err(e) = self.reapply() {
+            tracing::error!(error = %e, "store could not apply journaled ingests again; retrying with the next request");
+        }
+    }
+
+    /// Applies the journaled ingests of a rolled-back transaction again, in a new open
+    /// transaction.
+    fn reapply(&mut self) -> std::result::Result<(), String> {
+        self.conn
+            .execute_batch("BEGIN IMMEDIATE")
+            .map_err(|e| e.to_string())?;
+        let mut result = Ok(());
+        'batches: for batch in &self.tx.batches {
+            let mut at = 0;
+            while let Some(record) = journal::read_record(batch, at) {
+                at = record.end;
+                let applied = journal::decode(&batch[record.payload])
+                    .and_then(|redo| apply_redo(&self.conn, &mut self.state, &redo));
+                if let Err(e) = applied {
+                    result = Err(e.to_string());
+                    break 'batches;
+                }
+            }
+        }
+        match result {
+            Ok(()) => {
+                self.tx.open = true;
+                self.tx.started = Some(Instant::now());
+                self.tx.needs_reapply = false;
+                Ok(())
+            }
+            Err(e) => {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                self.state.known_destinations.clear();
+                self.tx.open = false;
+                self.tx.needs_reapply = true;
+                Err(e)
+            }
+        }
+    }
+
+    /// Answers every job of a batch that could not run with `error`.
+    fn fail(&self, jobs: Vec<Box<dyn Job>>, error: &str) {
+        self.state.counters.batch(jobs.len(), false);
+        for job in jobs {
+            job.finish(Some(error));
+        }
     }
 }
 
@@ -291,38 +874,6 @@ fn checkpoint_loop(conn: &Connection, stop: &std::sync::mpsc::Receiver<()>) {
             tracing::warn!(error = %e, "store checkpoint failed");
         }
     }
-}
-
-/// Runs a batch in one transaction and commits it (without a sync: see [`Committed`]).
-/// Returns why the batch failed, if it did; the jobs are answered after the sync.
-fn commit_batch(
-    conn: &mut Connection,
-    state: &mut WriterState,
-    jobs: &mut [Box<dyn Job>],
-) -> Option<String> {
-    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
-        tracing::error!(error = %e, "store batch could not begin");
-        return Some(e.to_string());
-    }
-    let mut failure = None;
-    for job in jobs.iter_mut() {
-        if let Ran::StoreFailure(e) = job.run(conn, state) {
-            // The writes after it never run and answer with the same failure.
-            failure = Some(e);
-            break;
-        }
-    }
-    let commit_error = match failure {
-        Some(e) => Some(e),
-        None => conn.execute_batch("COMMIT").err().map(|e| e.to_string()),
-    };
-    if let Some(e) = &commit_error {
-        tracing::error!(error = %e, batch = jobs.len(), "store batch failed, rolled back");
-        let _ = conn.execute_batch("ROLLBACK");
-        state.known_destinations.clear();
-    }
-    state.counters.batch(jobs.len(), commit_error.is_none());
-    commit_error
 }
 
 /// Batches waiting for the sync thread. Two keep the writer one batch ahead of the disk;
@@ -400,18 +951,54 @@ pub(super) fn ingest(
     } else {
         MessageStatus::Pending
     };
+    let mut deliveries = Vec::new();
+    let id = insert_message(conn, m, key, None, status, duplicate_of)?;
+    if duplicate_of.is_none() {
+        deliveries.reserve(destinations.len());
+        for dest in destinations {
+            deliveries.push(insert_delivery(conn, st, id, dest, received, None, None)?);
+        }
+    }
+    Ok(Ingested {
+        id: MessageId(id),
+        duplicate_of: duplicate_of.map(MessageId),
+        deliveries,
+    })
+}
+
+/// Writes an ingest again from its journal record, with the ids it was given.
+pub(super) fn apply_redo(conn: &Connection, st: &mut WriterState, r: &Redo) -> Result<()> {
+    let m = &r.message;
+    insert_message(conn, m, &r.key, Some(r.id), r.status, r.duplicate_of)?;
+    let received = m.received_at.as_millis();
+    for (id, dest) in &r.deliveries {
+        insert_delivery(conn, st, r.id, dest, received, None, Some(*id))?;
+    }
+    Ok(())
+}
+
+/// Inserts a message's row and body (with `id`, or the next one) and counts its bytes.
+fn insert_message(
+    conn: &Connection,
+    m: &NewMessage,
+    key: &[u8; 32],
+    id: Option<i64>,
+    status: MessageStatus,
+    duplicate_of: Option<i64>,
+) -> Result<i64> {
     let size = m.raw.len() as i64;
     conn.prepare_cached(
-        "INSERT INTO messages (channel, received_at, peer, tls_identity, control_id,
+        "INSERT INTO messages (id, channel, received_at, peer, tls_identity, control_id,
              message_type, trigger_event, sending_application, sending_facility,
              receiving_application, receiving_facility, patient_id, charset, size, status,
              duplicate_of, dedup_key)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
     )
     .and_then(|mut s| {
         s.execute(params![
+            id,
             m.channel,
-            received,
+            m.received_at.as_millis(),
             m.peer,
             m.tls_identity,
             m.control_id,
@@ -435,19 +1022,7 @@ pub(super) fn ingest(
         .and_then(|mut s| s.execute(params![id, &m.raw[..]]))
         .map_err(sql_err("insert message body"))?;
     add_total_bytes(conn, size)?;
-
-    let mut deliveries = Vec::new();
-    if duplicate_of.is_none() {
-        deliveries.reserve(destinations.len());
-        for dest in destinations {
-            deliveries.push(insert_delivery(conn, st, id, dest, received, None)?);
-        }
-    }
-    Ok(Ingested {
-        id: MessageId(id),
-        duplicate_of: duplicate_of.map(MessageId),
-        deliveries,
-    })
+    Ok(id)
 }
 
 fn insert_delivery(
@@ -457,6 +1032,7 @@ fn insert_delivery(
     destination: &str,
     created_at: i64,
     replay_of: Option<i64>,
+    id: Option<i64>,
 ) -> Result<DeliveryId> {
     if !st.known_destinations.contains(destination) {
         conn.prepare_cached("INSERT OR IGNORE INTO destinations (name) VALUES (?1)")
@@ -465,10 +1041,10 @@ fn insert_delivery(
         st.known_destinations.insert(destination.to_owned());
     }
     conn.prepare_cached(
-        "INSERT INTO deliveries (message_id, destination, state, created_at, replay_of)
-         VALUES (?1, ?2, 'pending', ?3, ?4)",
+        "INSERT INTO deliveries (id, message_id, destination, state, created_at, replay_of)
+         VALUES (?5, ?1, ?2, 'pending', ?3, ?4)",
     )
-    .and_then(|mut s| s.execute(params![message_id, destination, created_at, replay_of]))
+    .and_then(|mut s| s.execute(params![message_id, destination, created_at, replay_of, id]))
     .map_err(sql_err("insert delivery"))?;
     Ok(DeliveryId(conn.last_insert_rowid()))
 }
@@ -642,7 +1218,15 @@ pub(super) fn replay(
             )
             .and_then(|mut s| s.query_row(params![message.0, dest], |r| r.get(0)))
             .map_err(sql_err("read last delivery"))?;
-        let new = insert_delivery(conn, st, message.0, dest, at.as_millis(), Some(previous))?;
+        let new = insert_delivery(
+            conn,
+            st,
+            message.0,
+            dest,
+            at.as_millis(),
+            Some(previous),
+            None,
+        )?;
         conn.prepare_cached(
             "UPDATE deliveries SET superseded_by = ?3
              WHERE message_id = ?1 AND destination = ?2 AND state = 'dead_letter'

@@ -8,12 +8,22 @@ use tempfile::TempDir;
 /// A store file in its own temporary directory, removed when dropped.
 pub struct TempSqlite {
     dir: TempDir,
+    journal: bool,
 }
 
 impl TempSqlite {
     pub fn new() -> Self {
         TempSqlite {
             dir: tempfile::tempdir().unwrap(),
+            journal: true,
+        }
+    }
+
+    /// A store that commits and syncs every batch in SQLite (`journal_bytes = 0`).
+    pub fn without_journal() -> Self {
+        TempSqlite {
+            journal: false,
+            ..TempSqlite::new()
         }
     }
 
@@ -26,16 +36,29 @@ impl Backend for TempSqlite {
     type Store = SqliteStore;
 
     async fn open(&self, settings: StoreSettings) -> Result<SqliteStore> {
+        let settings = if self.journal {
+            settings
+        } else {
+            settings.journal_bytes(0)
+        };
         SqliteStore::open(self.path(), settings).await
     }
 }
 
 causeway_store::conformance_tests!(TempSqlite::new());
 
+/// The same suite with the ingest journal off: every batch committed and synced.
+mod without_journal {
+    use super::TempSqlite;
+
+    causeway_store::conformance_tests!(TempSqlite::without_journal());
+}
+
 // === SQLite only ===
 
 mod file {
     use std::sync::Arc;
+    use std::time::Duration;
 
     use causeway_store::conformance::{Backend, at, message};
     use causeway_store::{AttemptResult, Retention, SearchQuery, Store, StoreError, StoreSettings};
@@ -59,13 +82,13 @@ mod file {
             .query_row("SELECT MAX(version) FROM schema_version", [], |r| r.get(0))
             .unwrap();
         assert_eq!(version, causeway_store::sqlite::schema::CURRENT_VERSION);
-        // Reopening does not migrate again.
+        // Reopening does not migrate again: one row per migration.
         store.close().await.unwrap();
         let store = backend.open(StoreSettings::default()).await.unwrap();
         let rows: i64 = conn
             .query_row("SELECT COUNT(*) FROM schema_version", [], |r| r.get(0))
             .unwrap();
-        assert_eq!(rows, 1);
+        assert_eq!(rows, causeway_store::sqlite::schema::CURRENT_VERSION);
         assert_eq!(store.next_pending("d", at(0), 5).await.unwrap().len(), 1);
     }
 
@@ -122,9 +145,27 @@ mod file {
     /// the failed message, and recovers once retention frees space.
     #[tokio::test]
     async fn full_database_is_unavailable_then_recovers() {
+        full_database(StoreSettings::default()).await;
+    }
+
+    /// The same with every acknowledged ingest still in the writer's open transaction
+    /// when the database fills up: the failure rolls it back, and the writer applies the
+    /// acknowledged ingests again from their journal records.
+    #[tokio::test]
+    async fn full_database_with_an_open_transaction_keeps_what_was_acknowledged() {
+        full_database(
+            StoreSettings::default()
+                .journal_commit_messages(usize::MAX)
+                .journal_commit_interval(Duration::from_secs(3600))
+                .journal_idle_commit(Duration::from_secs(3600)),
+        )
+        .await;
+    }
+
+    async fn full_database(settings: StoreSettings) {
         let backend = TempSqlite::new();
         let store = backend
-            .open(StoreSettings::default().max_database_bytes(512 * 1024))
+            .open(settings.max_database_bytes(512 * 1024))
             .await
             .unwrap();
         let mut stored = Vec::new();

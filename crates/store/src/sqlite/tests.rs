@@ -1,0 +1,234 @@
+//! Crash recovery through the ingest journal. A crash is simulated by stopping the
+//! writer with its transaction open (`SqliteStore::crash`): SQLite loses that
+//! transaction exactly as it would on `kill -9`, and the journal keeps what it wrote.
+//! (`scripts/crash-test` and the gateway's crash test kill the real process.)
+
+use std::time::Duration;
+
+use super::*;
+use crate::conformance::{at, message};
+use crate::types::{DeliveryState, MessageStatus};
+
+/// Settings under which the writer never commits on its own: whatever was acknowledged
+/// is in the journal only, until a read asks for a commit.
+fn never_commits() -> StoreSettings {
+    StoreSettings::default()
+        .journal_commit_messages(usize::MAX)
+        .journal_commit_interval(Duration::from_secs(3600))
+        .journal_idle_commit(Duration::from_secs(3600))
+}
+
+/// Messages committed in the file, read past the store.
+fn committed_messages(path: &Path) -> i64 {
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    conn.query_row("SELECT COUNT(*) FROM messages", [], |r| r.get(0))
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_ingests_survive_a_crash_in_the_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("j.db");
+    let store = Arc::new(SqliteStore::open(&path, never_commits()).await.unwrap());
+    // Eight concurrent senders: two destinations, a filtered message and resends.
+    let mut tasks = Vec::new();
+    for t in 0..8 {
+        let store = Arc::clone(&store);
+        tasks.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            for i in 0..25 {
+                let destinations: &[&str] = match i % 5 {
+                    0 => &[],
+                    1 => &["b"],
+                    _ => &["a", "b"],
+                };
+                let m = message("ch", &format!("T{t}-{}", i % 20), destinations, at(i));
+                got.push((m.control_id.clone(), store.ingest(m).await.unwrap()));
+            }
+            got
+        }));
+    }
+    let mut acked = Vec::new();
+    for t in tasks {
+        acked.extend(t.await.unwrap());
+    }
+    assert_eq!(acked.len(), 200);
+    assert!(acked.iter().any(|(_, i)| i.duplicate_of.is_some()));
+    // Acknowledged, yet nothing is committed in SQLite: it is all in the journal.
+    assert_eq!(committed_messages(&path), 0);
+    store.crash().await;
+    drop(store);
+
+    let store = SqliteStore::open(&path, StoreSettings::default())
+        .await
+        .unwrap();
+    assert_eq!(committed_messages(&path), 200);
+    for (control_id, ingested) in &acked {
+        let record = store.message(ingested.id).await.unwrap().unwrap();
+        assert_eq!(&record.summary.meta.control_id, control_id);
+        let ids: Vec<_> = record.deliveries.iter().map(|d| d.id).collect();
+        assert_eq!(ids, ingested.deliveries, "{control_id}");
+        let want = if ingested.duplicate_of.is_some() {
+            MessageStatus::Duplicate
+        } else if ingested.deliveries.is_empty() {
+            MessageStatus::Filtered
+        } else {
+            MessageStatus::Pending
+        };
+        assert_eq!(record.summary.status, want);
+        assert_eq!(record.summary.duplicate_of, ingested.duplicate_of);
+        assert!(
+            record
+                .deliveries
+                .iter()
+                .all(|d| d.state == DeliveryState::Pending)
+        );
+    }
+    // The queues come back in delivery id order, as they were handed out.
+    for destination in ["a", "b"] {
+        let mut want: Vec<_> = acked
+            .iter()
+            .flat_map(|(_, i)| i.deliveries.iter().copied())
+            .collect();
+        want.sort();
+        let queued: Vec<_> = store
+            .next_pending(destination, at(100), 1000)
+            .await
+            .unwrap()
+            .iter()
+            .map(|p| p.id)
+            .collect();
+        assert!(queued.windows(2).all(|w| w[0] < w[1]));
+        assert!(queued.iter().all(|d| want.contains(d)));
+    }
+    // New ids continue above the recovered ones, and a resend of a recovered message is
+    // still caught as a duplicate.
+    let max = acked.iter().map(|(_, i)| i.id).max().unwrap();
+    let again = store
+        .ingest(message("ch", "T0-3", &["a", "b"], at(3)))
+        .await
+        .unwrap();
+    assert!(again.id > max);
+    assert!(again.duplicate_of.is_some());
+    store.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_journal_wraps_around_and_still_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("j.db");
+    // Room for about a dozen records: the journal starts over many times.
+    let settings = never_commits().journal_bytes(16 * 1024);
+    let store = SqliteStore::open(&path, settings.clone()).await.unwrap();
+    let mut acked = Vec::new();
+    for i in 0..157 {
+        let mut m = message("ch", &format!("W{i}"), &["a"], at(i));
+        m.raw = format!(
+            "MSH|^~\\&|A|B|C|D|20240101||ADT^A01|W{i}|P|2.5\r{}\r",
+            "Z".repeat(900)
+        )
+        .into_bytes()
+        .into();
+        acked.push(store.ingest(m).await.unwrap());
+    }
+    // Each start-over committed what came before it; the rest is in the journal only.
+    let committed = committed_messages(&path);
+    assert!(committed > 100 && committed < 157, "{committed}");
+    store.crash().await;
+    drop(store);
+
+    let store = SqliteStore::open(&path, settings).await.unwrap();
+    assert_eq!(committed_messages(&path), 157);
+    let queued = store.next_pending("a", at(1000), 1000).await.unwrap();
+    let want: Vec<_> = acked.iter().map(|i| i.deliveries[0]).collect();
+    assert_eq!(queued.iter().map(|p| p.id).collect::<Vec<_>>(), want);
+    store.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_torn_record_at_the_end_is_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("j.db");
+    let store = SqliteStore::open(&path, never_commits()).await.unwrap();
+    for i in 0..10 {
+        store
+            .ingest(message("ch", &format!("R{i}"), &["a"], at(i)))
+            .await
+            .unwrap();
+    }
+    store.crash().await;
+    drop(store);
+    // A record half written when the power went: its header is there, its payload not.
+    let journal_path = journal::path_for(&path);
+    let contents = std::fs::read(&journal_path).unwrap();
+    let mut end = 0;
+    while let Some(r) = journal::read_record(&contents, end) {
+        end = r.end;
+    }
+    let mut torn = contents[..end].to_vec();
+    torn.extend_from_slice(&contents[..journal::HEADER + 10]);
+    torn.resize(contents.len(), 0);
+    std::fs::write(&journal_path, torn).unwrap();
+
+    let store = SqliteStore::open(&path, StoreSettings::default())
+        .await
+        .unwrap();
+    assert_eq!(committed_messages(&path), 10);
+    assert_eq!(
+        store.next_pending("a", at(100), 100).await.unwrap().len(),
+        10
+    );
+    store.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn reads_see_an_acknowledged_ingest_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("j.db");
+    let store = SqliteStore::open(&path, never_commits()).await.unwrap();
+    for i in 0..5 {
+        let got = store
+            .ingest(message("ch", &format!("S{i}"), &["a"], at(i)))
+            .await
+            .unwrap();
+        // Held in the writer's open transaction until the read asks for it.
+        assert!(committed_messages(&path) <= i);
+        assert!(store.message(got.id).await.unwrap().is_some());
+        let page = store.search(SearchQuery::default()).await.unwrap();
+        assert_eq!(page.messages.len() as i64, i + 1);
+        assert_eq!(
+            store.next_pending("a", at(100), 100).await.unwrap().len() as i64,
+            i + 1
+        );
+    }
+    store.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn turning_the_journal_off_recovers_it_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("j.db");
+    let store = SqliteStore::open(&path, never_commits()).await.unwrap();
+    for i in 0..7 {
+        store
+            .ingest(message("ch", &format!("O{i}"), &["a"], at(i)))
+            .await
+            .unwrap();
+    }
+    store.crash().await;
+    drop(store);
+    let store = SqliteStore::open(&path, StoreSettings::default().journal_bytes(0))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.next_pending("a", at(100), 100).await.unwrap().len(),
+        7
+    );
+    assert!(!journal::path_for(&path).exists());
+    store
+        .ingest(message("ch", "O7", &["a"], at(7)))
+        .await
+        .unwrap();
+    store.close().await.unwrap();
+    assert_eq!(committed_messages(&path), 8);
+}
