@@ -335,7 +335,9 @@ const STORE_OPEN_PATIENCE: Duration = Duration::from_secs(60);
 async fn open_store(c: &StoreConfig) -> Result<Arc<dyn Store>, GatewayError> {
     let settings = StoreSettings::default()
         .dedup_window(c.dedup_window.0)
-        .read_connections(c.pool_size);
+        .read_connections(c.pool_size)
+        .journal_bytes(c.journal_size.0)
+        .journal_commit_interval(c.journal_commit_interval.0);
     let Some(url) = &c.postgres else {
         let data = &c.path;
         std::fs::create_dir_all(data).map_err(|e| GatewayError::Setup {

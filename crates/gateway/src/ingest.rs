@@ -13,7 +13,7 @@ use causeway_message::ack::{Ack, AckCode, AckMode, ErrorCode, Outcome};
 use causeway_mllp::ack::{ControlIds, hl7_timestamp, nak_for_parse_error};
 use causeway_mllp::server::{ConnectionInfo, Handler, Reply};
 use causeway_store::{NewMessage, NewQuarantine, Store, Timestamp};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, oneshot};
 use tracing::{debug, error, info, warn};
 
 use crate::config::AckPolicy;
@@ -97,8 +97,9 @@ impl ChannelIngest {
     ) -> Stored {
         match Message::parse(&raw) {
             Ok(msg) => {
-                self.store_parsed(&raw, &msg, peer, tls_identity, received_at)
+                self.store_parsed(&raw, &msg, peer, tls_identity, received_at, false)
                     .await
+                    .0
             }
             Err(e) => {
                 self.quarantine(&raw, e.to_string(), peer, tls_identity)
@@ -131,6 +132,10 @@ impl ChannelIngest {
     }
 
     /// [`ChannelIngest::store`] for a message already parsed (the MLLP path parses once).
+    ///
+    /// With `wait`, and an ACK policy that waits for the first destination, the waiter is
+    /// registered before the destination's worker is woken (returned with the outcome):
+    /// registered later, a fast destination could answer before anyone listened.
     async fn store_parsed(
         &self,
         raw: &Bytes,
@@ -138,7 +143,8 @@ impl ChannelIngest {
         peer: String,
         tls_identity: Option<String>,
         received_at: Timestamp,
-    ) -> Stored {
+        wait: bool,
+    ) -> (Stored, Option<oneshot::Receiver<Attempt>>) {
         if msg.control_id().is_none() {
             // An ACK names its message by MSA-2 = MSH-10: without one the sender could not
             // match our AA, and an MLLP destination could not match its receiver's. Refuse it
@@ -148,10 +154,13 @@ impl ChannelIngest {
                     .to_owned();
             self.quarantine(raw, reason.clone(), peer, tls_identity)
                 .await;
-            return Stored::Refused {
-                code: ErrorCode::RequiredFieldMissing,
-                reason,
-            };
+            return (
+                Stored::Refused {
+                    code: ErrorCode::RequiredFieldMissing,
+                    reason,
+                },
+                None,
+            );
         }
         self.metrics.received(&self.name, raw.len());
         let text = |b: Option<&[u8]>| String::from_utf8_lossy(b.unwrap_or_default()).into_owned();
@@ -205,6 +214,16 @@ impl ChannelIngest {
         };
         match self.store.ingest(new).await {
             Ok(ingested) => {
+                let waiter = match (self.ack_policy, self.routes.first()) {
+                    (AckPolicy::AfterDelivery | AckPolicy::EndToEnd, Some(first))
+                        if wait
+                            && ingested.duplicate_of.is_none()
+                            && destinations.contains(&first.destination) =>
+                    {
+                        Some(self.waiters.register(ingested.id.0, &first.destination))
+                    }
+                    _ => None,
+                };
                 if ingested.duplicate_of.is_some() {
                     Metrics::count(&self.metrics.duplicates, &self.name);
                 } else if destinations.is_empty() {
@@ -218,16 +237,19 @@ impl ChannelIngest {
                         route.wake.notify_one();
                     }
                 }
-                Stored::Ok {
-                    id: ingested.id.0,
-                    duplicate_of: ingested.duplicate_of.map(|d| d.0),
-                    destinations,
-                }
+                (
+                    Stored::Ok {
+                        id: ingested.id.0,
+                        duplicate_of: ingested.duplicate_of.map(|d| d.0),
+                        destinations,
+                    },
+                    waiter,
+                )
             }
             Err(e) => {
                 Metrics::count(&self.metrics.store_failures, &self.name);
                 error!(channel = %self.name, control_id = %text(msg.control_id()), error = %e, "message NOT stored; answering with an error ACK");
-                Stored::Failed(e.to_string())
+                (Stored::Failed(e.to_string()), None)
             }
         }
     }
@@ -257,7 +279,9 @@ impl ChannelIngest {
             }
         };
         let now = Timestamp::from(SystemTime::now());
-        let stored = self.store_parsed(&raw, &msg, peer, identity, now).await;
+        let (stored, waiter) = self
+            .store_parsed(&raw, &msg, peer, identity, now, true)
+            .await;
         let mode = AckMode::of(&msg);
         let (code, text, error) = match stored {
             Stored::Failed(reason) => (
@@ -274,11 +298,9 @@ impl ChannelIngest {
                 destinations,
             } => {
                 debug!(channel = %self.name, id, duplicate = duplicate_of.is_some(), destinations = destinations.len(), "stored");
-                match (self.ack_policy, self.routes.first()) {
-                    (AckPolicy::AfterDelivery | AckPolicy::EndToEnd, Some(first))
-                        if duplicate_of.is_none() && destinations.contains(&first.destination) =>
-                    {
-                        self.relay(&msg, id, &first.destination, mode).await
+                match (waiter, self.routes.first()) {
+                    (Some(waiter), Some(first)) => {
+                        self.relay(&msg, id, &first.destination, mode, waiter).await
                     }
                     _ => (mode.commit_code(Outcome::Accept), None, None),
                 }
@@ -327,8 +349,8 @@ impl ChannelIngest {
         id: i64,
         destination: &str,
         mode: AckMode,
+        rx: oneshot::Receiver<Attempt>,
     ) -> (AckCode, Option<String>, Option<(ErrorCode, String)>) {
-        let rx = self.waiters.register(id, destination);
         let outcome = tokio::time::timeout(self.ack_timeout, rx).await;
         let original = matches!(mode, AckMode::Original);
         let relay_code = |code: Option<&str>, fallback: Outcome| {
