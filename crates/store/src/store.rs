@@ -149,7 +149,8 @@ pub struct StoreSettings {
     /// the writer may wait for more requests before committing, so that callers answered
     /// by the previous commit share the next sync instead of taking turns. It stops
     /// waiting once no request has arrived for a quarter of this. A lone sender never
-    /// waits. Zero disables. Default 200 µs.
+    /// waits. Zero disables. Default 200 µs. Not used by SQLite with its ingest journal,
+    /// whose thread syncs whatever queued up while the disk was busy.
     pub commit_linger: Duration,
     /// Largest page a search or listing returns, whatever the caller asks. Default 1000.
     pub max_search_limit: usize,

@@ -46,7 +46,7 @@ use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, mpsc};
 use std::time::{Duration, Instant};
 
@@ -86,15 +86,55 @@ pub(super) struct Redo {
 
 // === encoding ===
 
+/// What an ingest wrote, borrowed: what [`encode`] writes (a [`Redo`] without copies).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct RedoRef<'a> {
+    pub id: i64,
+    pub status: MessageStatus,
+    pub duplicate_of: Option<i64>,
+    pub key: &'a [u8; 32],
+    pub message: &'a NewMessage,
+    /// Delivery ids, one per destination of `message.validated_destinations()`.
+    pub deliveries: &'a [crate::types::DeliveryId],
+    pub destinations: &'a [&'a str],
+}
+
+impl Redo {
+    /// Borrows it for [`encode`].
+    #[cfg(test)]
+    fn encode_into(&self, out: &mut Vec<u8>, generation: u64, seq: u64) {
+        let ids: Vec<_> = self
+            .deliveries
+            .iter()
+            .map(|(id, _)| crate::types::DeliveryId(*id))
+            .collect();
+        let names: Vec<&str> = self.deliveries.iter().map(|(_, d)| d.as_str()).collect();
+        encode(
+            out,
+            generation,
+            seq,
+            RedoRef {
+                id: self.id,
+                status: self.status,
+                duplicate_of: self.duplicate_of,
+                key: &self.key,
+                message: &self.message,
+                deliveries: &ids,
+                destinations: &names,
+            },
+        );
+    }
+}
+
 /// Appends one record holding `redo` to `out`.
-pub(super) fn encode(out: &mut Vec<u8>, generation: u64, seq: u64, redo: &Redo) {
+pub(super) fn encode(out: &mut Vec<u8>, generation: u64, seq: u64, redo: RedoRef<'_>) {
     let start = out.len();
     out.resize(start + HEADER, 0);
-    let m = &redo.message;
+    let m = redo.message;
     put_i64(out, redo.id);
     put_str(out, redo.status.as_str());
     put_i64(out, redo.duplicate_of.unwrap_or(0));
-    out.extend_from_slice(&redo.key);
+    out.extend_from_slice(redo.key);
     put_str(out, &m.channel);
     put_i64(out, m.received_at.as_millis());
     put_str(out, &m.peer);
@@ -110,8 +150,8 @@ pub(super) fn encode(out: &mut Vec<u8>, generation: u64, seq: u64, redo: &Redo) 
     put_opt(out, m.charset.as_deref());
     put_bytes(out, &m.raw);
     put_u32(out, redo.deliveries.len() as u32);
-    for (id, destination) in &redo.deliveries {
-        put_i64(out, *id);
+    for (id, destination) in redo.deliveries.iter().zip(redo.destinations) {
+        put_i64(out, id.0);
         put_str(out, destination);
     }
     let len = (out.len() - start - HEADER) as u32;
@@ -329,8 +369,7 @@ pub(super) fn scan(
 
 // === the file ===
 
-/// The journal file, shared by the writer (which writes itself when the disk is idle)
-/// and the journal thread.
+/// The journal file, shared by the writer and the journal thread.
 #[derive(Debug)]
 pub(super) struct JournalFile {
     file: File,
@@ -450,8 +489,6 @@ pub(super) struct JournalWrite {
 /// What the writer and the journal thread share.
 #[derive(Debug, Default)]
 pub(super) struct JournalShared {
-    /// Writes handed to the thread and not yet answered.
-    pub in_flight: AtomicUsize,
     /// Set when a write or sync failed; the writer then stops using the journal.
     pub failed: AtomicBool,
 }
@@ -469,14 +506,12 @@ pub(super) fn run(
         while let Ok(more) = writes.try_recv() {
             pending.push(more);
         }
-        let n = pending.len();
         let error = write_and_sync(file, shared, &pending);
         for write in pending.drain(..) {
             for job in write.jobs {
                 job.finish(error.as_deref());
             }
         }
-        shared.in_flight.fetch_sub(n, Ordering::AcqRel);
     }
 }
 
@@ -545,7 +580,7 @@ mod tests {
     fn records_round_trip() {
         let mut buf = Vec::new();
         for i in 1..=3 {
-            encode(&mut buf, 7, i as u64, &redo(i));
+            redo(i).encode_into(&mut buf, 7, i as u64);
         }
         let (found, last) = scan(&buf, 7, 0).unwrap();
         assert_eq!(last, 3);
@@ -562,10 +597,10 @@ mod tests {
     #[test]
     fn scan_stops_at_a_torn_record() {
         let mut buf = Vec::new();
-        encode(&mut buf, 1, 1, &redo(1));
+        redo(1).encode_into(&mut buf, 1, 1);
         let first = buf.len();
-        encode(&mut buf, 1, 2, &redo(2));
-        encode(&mut buf, 1, 3, &redo(3));
+        redo(2).encode_into(&mut buf, 1, 2);
+        redo(3).encode_into(&mut buf, 1, 3);
         // Tear the second record: its payload is damaged, the third is intact.
         buf[first + HEADER + 5] ^= 0xff;
         let (found, last) = scan(&buf, 1, 0).unwrap();
@@ -578,11 +613,11 @@ mod tests {
         // Generation 2 wrote two records over the start of generation 1's.
         let mut old = Vec::new();
         for i in 1..=5 {
-            encode(&mut old, 1, i, &redo(i as i64));
+            redo(i as i64).encode_into(&mut old, 1, i);
         }
         let mut new = Vec::new();
-        encode(&mut new, 2, 6, &redo(6));
-        encode(&mut new, 2, 7, &redo(7));
+        redo(6).encode_into(&mut new, 2, 6);
+        redo(7).encode_into(&mut new, 2, 7);
         let mut buf = old.clone();
         buf[..new.len()].copy_from_slice(&new);
         let (found, last) = scan(&buf, 2, 5).unwrap();
@@ -599,7 +634,7 @@ mod tests {
     #[test]
     fn a_gap_between_store_and_journal_is_corruption() {
         let mut buf = Vec::new();
-        encode(&mut buf, 1, 10, &redo(10));
+        redo(10).encode_into(&mut buf, 1, 10);
         assert!(matches!(scan(&buf, 1, 5), Err(StoreError::Corrupt(_))));
     }
 }

@@ -14,7 +14,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::error::{Result, StoreError};
-use crate::sqlite::journal::{self, JournalFile, JournalShared, JournalWrite, Redo};
+use crate::sqlite::journal::{self, JournalFile, JournalShared, JournalWrite, Redo, RedoRef};
 use crate::sqlite::{WriterCounters, sql_err};
 use crate::store::StoreSettings;
 use crate::types::{
@@ -188,7 +188,7 @@ impl Job for IngestJob {
             return false;
         };
         let destinations = self.message.validated_destinations().unwrap_or_default();
-        let redo = Redo {
+        let redo = RedoRef {
             id: done.id.0,
             status: if done.duplicate_of.is_some() {
                 MessageStatus::Duplicate
@@ -198,16 +198,12 @@ impl Job for IngestJob {
                 MessageStatus::Pending
             },
             duplicate_of: done.duplicate_of.map(|d| d.0),
-            key: self.key,
-            message: self.message.clone(),
-            deliveries: done
-                .deliveries
-                .iter()
-                .zip(destinations)
-                .map(|(id, d)| (id.0, d.to_owned()))
-                .collect(),
+            key: &self.key,
+            message: &self.message,
+            deliveries: &done.deliveries,
+            destinations: &destinations,
         };
-        journal::encode(out, generation, seq, &redo);
+        journal::encode(out, generation, seq, redo);
         true
     }
 }
@@ -312,25 +308,18 @@ impl JournalSide {
         self.shared.failed.load(Ordering::Acquire)
     }
 
-    /// Hands a batch of records to the journal thread, or writes and syncs it here when
-    /// nothing else is waiting (a lone sender saves the hand-off).
-    fn submit(&self, write: JournalWrite, busy: bool) {
-        let idle = self.shared.in_flight.load(Ordering::Acquire) == 0;
+    /// Hands a batch of records to the journal thread (or, if that thread is gone, writes
+    /// and syncs it here). The thread syncs whatever has queued up meanwhile at once, so
+    /// batches group themselves while the disk is busy.
+    fn submit(&self, write: JournalWrite) {
         let write = match &self.to_thread {
-            Some(to) if busy || !idle => {
-                self.shared.in_flight.fetch_add(1, Ordering::AcqRel);
-                match to.send(write) {
-                    Ok(()) => return,
-                    Err(std::sync::mpsc::SendError(write)) => {
-                        self.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
-                        write
-                    }
-                }
-            }
-            _ => write,
+            Some(to) => match to.send(write) {
+                Ok(()) => return,
+                Err(std::sync::mpsc::SendError(write)) => write,
+            },
+            None => write,
         };
-        // Earlier batches are answered first: only reached with none in flight, or
-        // with the thread gone.
+        // The thread is gone (it panicked, or never started): it answers nothing more.
         let error = journal::write_and_sync(&self.file, &self.shared, std::slice::from_ref(&write));
         for job in write.jobs {
             job.finish(error.as_deref());
@@ -471,7 +460,15 @@ impl Writer {
             };
             let mut next = Some(first);
             let mut barrier = false;
-            let mut linger = Linger::new(self.state.linger, last_batch);
+            // With the journal, no lingering: its thread syncs whatever queued up while the
+            // disk was busy, so batches form by themselves (measured: lingering cost a
+            // quarter of the throughput with 8 and 32 senders).
+            let linger_for = if self.journal.is_some() {
+                Duration::ZERO
+            } else {
+                self.state.linger
+            };
+            let mut linger = Linger::new(linger_for, last_batch);
             loop {
                 while let Some(cmd) = next.take() {
                     match cmd {
@@ -670,8 +667,7 @@ impl Writer {
         j.offset += records.len() as u64;
         self.tx.batches.push(records);
         self.tx.messages += seq.saturating_sub(before) as usize;
-        let busy = !self.rx.is_empty();
-        j.submit(write, busy);
+        j.submit(write);
     }
 
     /// Commits the open transaction with this batch in it and answers the batch once the
