@@ -573,6 +573,9 @@ fn crash_test_kill_9_under_load() {
     };
     let mut to_ready = Vec::new();
     let mut to_first_ack = Vec::new();
+    // Restarts whose store applied acknowledged ingests again from its journal (the
+    // writer's open transaction was lost with the process).
+    let mut journal_replays = 0;
     for kill in 1..=kills {
         std::thread::sleep(Duration::from_millis(random_ms(200, 1200)));
         let killed_at = Instant::now();
@@ -580,6 +583,14 @@ fn crash_test_kill_9_under_load() {
         serve = Serve::start(&path);
         assert_eq!(serve.addr("main"), addr);
         to_ready.push(killed_at.elapsed());
+        if serve
+            .child
+            .stderr_lines()
+            .iter()
+            .any(|l| l.contains("again from its journal"))
+        {
+            journal_replays += 1;
+        }
         let acked = acked_now();
         wait_until(WAIT, || (acked_now() > acked).then_some(()))
             .unwrap_or_else(|| panic!("no AA within {WAIT:?} after restart {kill}"));
@@ -631,7 +642,7 @@ fn crash_test_kill_9_under_load() {
         "CRASH-SUMMARY kills={kills} senders={senders} seed={seed} acked={total} resent={} \
          not_accepted={} lab_delivered={} lab_duplicates={} lab_unacked={} \
          archive_delivered={} archive_unacked={} max_restart_to_ready_ms={} \
-         max_kill_to_first_ack_ms={} drain_ms={} lost={} reordered={}",
+         max_kill_to_first_ack_ms={} drain_ms={} lost={} reordered={} journal_replays={journal_replays}",
         progress.0,
         progress.1,
         lab.delivered,

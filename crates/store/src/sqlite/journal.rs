@@ -4,7 +4,7 @@
 //! A SQLite commit costs the writer thread far more CPU than the rows it holds: every
 //! index page a batch touches is written to the WAL again at each commit. With one commit
 //! per acknowledged batch, batches are as small as the number of senders waiting, so that
-//! cost is paid over and over (see ARCHITECTURE.md, "What bounds SQLite ingest").
+//! cost is paid over and over (docs/ARCHITECTURE.md, "The SQLite ingest journal").
 //!
 //! With the journal, the writer applies an ingest to an open SQLite transaction (which
 //! gives it its ids and its duplicate check), appends one record of what it applied to

@@ -1,16 +1,24 @@
 //! The SQLite backend: one file, WAL mode, group commit.
 //!
 //! # Threads
-//! SQLite allows one writer at a time, and a commit costs one disk sync. So every write
-//! goes to a single writer thread (a plain OS thread, never a tokio worker) through a
-//! bounded queue. The writer takes whatever is queued, up to
-//! [`StoreSettings::max_batch`] requests, runs them in one transaction, commits once,
-//! and only then answers each caller. Under load, one sync covers many ingests from
-//! many connections; idle, a lone ingest is committed at once (there is no timer
-//! waiting for company). Under load the sync itself runs on a second thread, so the
-//! writer applies the next batch while the disk syncs the last one; a caller is never
-//! answered before the sync covering its write has returned. A third thread checkpoints
-//! the WAL into the database file every 100 ms, off the commit path.
+//! SQLite allows one writer at a time. So every write goes to a single writer thread (a
+//! plain OS thread, never a tokio worker) through a bounded queue; it takes whatever is
+//! queued, up to [`StoreSettings::max_batch`] requests, and runs them as one batch.
+//!
+//! Ingests are made durable by the ingest journal (see `journal.rs`): the writer applies
+//! them to a transaction it keeps open across batches, and a journal thread
+//! (`cw-store-journal`) appends their records to the journal file, syncs it, and answers
+//! them. The open transaction is committed without a sync when it is large, old or idle,
+//! before any other write, and when a read needs it: a read first waits until every
+//! ingest answered so far is committed (`SqliteStore::barrier`), so reads see every write
+//! that returned before they started.
+//!
+//! Every other write (and every write when the journal is off) commits its batch: the
+//! callers are answered once the WAL is synced. Under load the WAL sync runs on a second
+//! thread (`cw-store-sync`), so the writer applies the next batch while the disk syncs
+//! the last one; idle, a lone request is committed at once. A third thread
+//! (`cw-store-ckpt`) checkpoints the WAL into the database file every 100 ms, off the
+//! commit path.
 //!
 //! Reads run on tokio's blocking pool over a small pool of read connections; in WAL mode
 //! they see the last commit and never wait for the writer.
