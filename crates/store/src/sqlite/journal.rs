@@ -400,6 +400,15 @@ impl JournalFile {
         let mut contents = Vec::new();
         file.read_to_end(&mut contents)
             .map_err(|e| StoreError::unavailable("read the ingest journal", e))?;
+        if contents.is_empty() {
+            // A new file: its directory entry must be durable before any record in it is
+            // acknowledged, or a power cut could take the whole file.
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                File::open(dir)
+                    .and_then(|d| d.sync_all())
+                    .map_err(|e| StoreError::unavailable("sync the store directory", e))?;
+            }
+        }
         let allocated = contents.len() as u64;
         Ok((
             JournalFile {

@@ -94,6 +94,10 @@ pub(crate) trait Job: Send {
     fn journaled(&self) -> bool {
         false
     }
+    /// About how many bytes `encode` appends.
+    fn size_hint(&self) -> usize {
+        0
+    }
     /// Appends the journal record of what `run` wrote, if it wrote anything, numbered
     /// `seq`. True when it appended one.
     fn encode(&self, _out: &mut Vec<u8>, _generation: u64, _seq: u64) -> bool {
@@ -181,6 +185,10 @@ impl Job for IngestJob {
 
     fn journaled(&self) -> bool {
         true
+    }
+
+    fn size_hint(&self) -> usize {
+        self.message.raw.len() + 512
     }
 
     fn encode(&self, out: &mut Vec<u8>, generation: u64, seq: u64) -> bool {
@@ -616,7 +624,8 @@ impl Writer {
         let Some(j) = &mut self.journal else {
             return self.commit_batch(jobs);
         };
-        let mut records = Vec::new();
+        // About what the records take: the bytes, the metadata, the header.
+        let mut records = Vec::with_capacity(jobs.iter().map(|j| j.size_hint()).sum());
         let before = j.seq;
         let mut seq = j.seq;
         for job in &jobs {
