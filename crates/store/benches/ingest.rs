@@ -1,10 +1,13 @@
 //! Durable ingest throughput of the stores: 1, 8 and 32 concurrent tasks, each
-//! ingesting 1 KB messages to one destination and waiting for each to be committed and
-//! synced (`synchronous=FULL`) before sending the next, as a connection waits for its ACK.
+//! ingesting 1 KB messages to one destination and waiting for each to be durable before
+//! sending the next, as a connection waits for its ACK.
 //!
 //! The store lives in a temporary directory on the machine's disk (`TMPDIR`), so the
 //! numbers include real syncs; group commit is what lets them grow with concurrency.
 //! Throughput is reported in messages per second (criterion's "elem/s").
+//!
+//! SQLite is measured with its ingest journal (the default) and without it (every batch
+//! committed and its WAL synced before the callers are answered).
 //!
 //! The PostgreSQL backend is measured too, on the server at `DATABASE_URL` (default the
 //! local one), in schema `cw_bench` (kept between runs; drop it to start empty).
@@ -48,6 +51,21 @@ fn ingest(c: &mut Criterion) {
     );
     measure(c, &rt, "ingest-1k-durable/sqlite", sqlite.clone());
     report("sqlite", sqlite.writer_stats());
+    // The same without the ingest journal: every batch committed and its WAL synced.
+    let no_journal = Arc::new(
+        rt.block_on(SqliteStore::open(
+            dir.path().join("bench-no-journal.db"),
+            StoreSettings::default().journal_bytes(0),
+        ))
+        .expect("open store"),
+    );
+    measure(
+        c,
+        &rt,
+        "ingest-1k-durable/sqlite-no-journal",
+        no_journal.clone(),
+    );
+    report("sqlite-no-journal", no_journal.writer_stats());
 
     let url = std::env::var("DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
