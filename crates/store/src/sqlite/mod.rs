@@ -70,6 +70,9 @@ pub struct SqliteStore {
     counters: Arc<WriterCounters>,
     /// How far journaled ingests are applied and committed; `None` without a journal.
     progress: Option<Arc<Progress>>,
+    /// The journal's failure flag, for tests that make it fail.
+    #[cfg(test)]
+    journal_shared: Option<Arc<journal::JournalShared>>,
 }
 
 pub(crate) use crate::writer_stats::WriterCounters;
@@ -130,6 +133,8 @@ impl SqliteStore {
             progress = Some(Arc::clone(&p));
             JournalSide::new(file, p, generation, seq, &settings)
         });
+        #[cfg(test)]
+        let journal_shared = journal.as_ref().map(|j| Arc::clone(&j.shared));
         let writer_thread = std::thread::Builder::new()
             .name("cw-store-writer".into())
             .spawn(move || writer::run(conn, checkpoint_conn, wal, rx, state, max_batch, journal))
@@ -150,6 +155,8 @@ impl SqliteStore {
             writer_thread,
             counters,
             progress,
+            #[cfg(test)]
+            journal_shared,
         })
     }
 

@@ -232,3 +232,54 @@ async fn turning_the_journal_off_recovers_it_first() {
     store.close().await.unwrap();
     assert_eq!(committed_messages(&path), 8);
 }
+
+#[tokio::test]
+async fn a_failed_journal_is_given_up_for_synced_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("j.db");
+    let store = SqliteStore::open(&path, never_commits()).await.unwrap();
+    let mut acked = Vec::new();
+    for i in 0..5 {
+        acked.push(
+            store
+                .ingest(message("ch", &format!("F{i}"), &["a"], at(i)))
+                .await
+                .unwrap(),
+        );
+    }
+    assert_eq!(committed_messages(&path), 0);
+    // The disk refuses the journal (as after an I/O error): the writer commits and syncs
+    // what the journal held, and goes on without it.
+    store
+        .journal_shared
+        .as_ref()
+        .unwrap()
+        .failed
+        .store(true, Ordering::Release);
+    for i in 5..10 {
+        acked.push(
+            store
+                .ingest(message("ch", &format!("F{i}"), &["a"], at(i)))
+                .await
+                .unwrap(),
+        );
+        // Each is committed before it is answered now.
+        assert_eq!(committed_messages(&path), i + 1);
+    }
+    store.crash().await;
+    drop(store);
+    // Nothing is applied twice at the next start, and nothing is missing.
+    let store = SqliteStore::open(&path, StoreSettings::default())
+        .await
+        .unwrap();
+    let queued: Vec<_> = store
+        .next_pending("a", at(100), 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|p| p.id)
+        .collect();
+    let want: Vec<_> = acked.iter().map(|i| i.deliveries[0]).collect();
+    assert_eq!(queued, want);
+    store.close().await.unwrap();
+}

@@ -400,6 +400,7 @@ pub(super) fn run(
         journal,
         tx: OpenTx::default(),
         max_batch,
+        retry_commit_at: None,
     };
     let closers = writer.serve();
     // Answers what is still being synced before the database is closed.
@@ -434,7 +435,13 @@ struct Writer {
     journal: Option<JournalSide>,
     tx: OpenTx,
     max_batch: usize,
+    /// After a failed commit of the open transaction: when to try again unasked.
+    retry_commit_at: Option<Instant>,
 }
+
+/// How long the writer waits before committing again on its own after a commit of
+/// journaled ingests failed (a reader's request or another write still tries at once).
+const COMMIT_RETRY: Duration = Duration::from_secs(1);
 
 /// A commit that did not go through: rolled back, or committed but not synced.
 struct CommitError {
@@ -541,7 +548,10 @@ impl Writer {
                 };
             }
         };
-        let deadline = Instant::now() + idle;
+        let mut deadline = Instant::now() + idle;
+        if let Some(at) = self.retry_commit_at {
+            deadline = deadline.max(at);
+        }
         loop {
             match self.rx.try_recv() {
                 Ok(c) => return Next::Command(c),
@@ -562,6 +572,9 @@ impl Writer {
         let Some(j) = &self.journal else {
             return true;
         };
+        if self.retry_commit_at.is_some_and(|at| Instant::now() < at) {
+            return false;
+        }
         self.tx.messages >= j.commit_messages
             || self
                 .tx
@@ -577,7 +590,12 @@ impl Writer {
             if self.tx.open {
                 self.commit_open(true);
             }
-            if let Some(mut journal) = self.journal.take() {
+            // Only once its ingests are committed: until then commits must keep moving
+            // the journal's mark, or a restart would apply them twice.
+            if !self.tx.open
+                && !self.tx.needs_reapply
+                && let Some(mut journal) = self.journal.take()
+            {
                 journal.stop();
             }
         }
@@ -699,10 +717,15 @@ impl Writer {
         }
     }
 
-    /// Commits the open transaction (journaled ingests only), synced or not.
+    /// Commits the open transaction (journaled ingests only), synced or not. After a
+    /// failure, the writer does not try again on its own for [`COMMIT_RETRY`].
     fn commit_open(&mut self, sync: bool) {
-        if let Err(e) = self.commit_tx(None, sync) {
-            tracing::error!(error = %e.message, "store commit of journaled ingests failed; they stay in the journal");
+        match self.commit_tx(None, sync) {
+            Ok(()) => self.retry_commit_at = None,
+            Err(e) => {
+                tracing::error!(error = %e.message, "store commit of journaled ingests failed; they stay in the journal");
+                self.retry_commit_at = Some(Instant::now() + COMMIT_RETRY);
+            }
         }
     }
 
