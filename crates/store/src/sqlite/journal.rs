@@ -640,6 +640,34 @@ mod tests {
         assert!(scan(&buf, 3, 0).unwrap().0.is_empty());
     }
 
+    proptest::proptest! {
+        /// Damaged or cut journals end the scan or fail it as corrupt; they never panic.
+        #[test]
+        fn damaged_journals_never_panic(
+            cut in 0usize..6000,
+            flips in proptest::collection::vec((0usize..6000, 1u8..=255), 0..6),
+            generation in 0u64..3,
+            applied in 0u64..5,
+        ) {
+            let mut buf = Vec::new();
+            for i in 1..=4 {
+                redo(i).encode_into(&mut buf, 1, i as u64);
+            }
+            let n = buf.len();
+            for (at, bits) in flips {
+                buf[at % n] ^= bits;
+            }
+            buf.truncate(cut.min(n));
+            let _ = scan(&buf, generation, applied);
+        }
+
+        /// A payload that passed its CRC but is not what `encode` writes is an error.
+        #[test]
+        fn decoding_garbage_is_an_error_not_a_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..600)) {
+            let _ = decode(&bytes);
+        }
+    }
+
     #[test]
     fn a_gap_between_store_and_journal_is_corruption() {
         let mut buf = Vec::new();
