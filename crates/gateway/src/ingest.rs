@@ -134,8 +134,9 @@ impl ChannelIngest {
     /// [`ChannelIngest::store`] for a message already parsed (the MLLP path parses once).
     ///
     /// With `wait`, and an ACK policy that waits for the first destination, the waiter is
-    /// registered before the destination's worker is woken (returned with the outcome):
-    /// registered later, a fast destination could answer before anyone listened.
+    /// registered before the destination's worker is woken (returned with the outcome).
+    /// The worker may still have delivered the message already (it can see an ingest a
+    /// moment before the store answers it); [`Waiters`] keeps such early outcomes.
     async fn store_parsed(
         &self,
         raw: &Bytes,
@@ -395,13 +396,18 @@ impl ChannelIngest {
                         .find(|d| d.destination == destination)
                     && d.state == causeway_store::DeliveryState::Delivered
                 {
-                    let code = d.attempts.iter().rev().find_map(|a| match &a.result {
-                        causeway_store::AttemptResult::Delivered { ack_code, .. } => {
-                            ack_code.clone()
-                        }
-                        _ => None,
-                    });
-                    return (relay_code(code.as_deref(), Outcome::Accept), None, None);
+                    let (code, text) = d
+                        .attempts
+                        .iter()
+                        .rev()
+                        .find_map(|a| match &a.result {
+                            causeway_store::AttemptResult::Delivered {
+                                ack_code, ack_text, ..
+                            } => Some((ack_code.clone(), ack_text.clone())),
+                            _ => None,
+                        })
+                        .unwrap_or_default();
+                    return (relay_code(code.as_deref(), Outcome::Accept), text, None);
                 }
                 info!(channel = %self.name, id, %destination, "no delivery outcome within the ACK timeout; answering AE");
                 let _ = msg;

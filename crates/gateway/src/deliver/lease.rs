@@ -163,9 +163,18 @@ impl LeaseKeeper {
 
     /// Waits until the lease is taken, `max` passes or `stop` is cancelled.
     pub async fn wait(&self, max: Duration, stop: &CancellationToken) {
+        // Listening before looking: a lease taken between the caller's `may_deliver` and
+        // this wait would otherwise be missed (`notify_waiters` keeps no permit) and cost
+        // a whole `max`.
+        let acquired = self.shared.acquired.notified();
+        tokio::pin!(acquired);
+        acquired.as_mut().enable();
+        if self.may_deliver() {
+            return;
+        }
         tokio::select! {
             () = stop.cancelled() => {}
-            () = self.shared.acquired.notified() => {}
+            () = acquired => {}
             () = tokio::time::sleep(max) => {}
         }
     }
