@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::conformance::{at, message};
-use crate::types::{DeliveryState, MessageStatus};
+use crate::types::{DeliveryState, Ingested, MessageStatus};
 
 /// Settings under which the writer never commits on its own: whatever was acknowledged
 /// is in the journal only, until a read asks for a commit.
@@ -23,6 +23,23 @@ fn committed_messages(path: &Path) -> i64 {
     let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
     conn.query_row("SELECT COUNT(*) FROM messages", [], |r| r.get(0))
         .unwrap()
+}
+
+/// Opens a store at `path` that never commits on its own, ingests `n` messages (control
+/// ids `prefix0`, `prefix1`, ...) to destination `a`, and crashes it.
+async fn ingest_then_crash(path: &Path, prefix: &str, n: i64) -> Vec<Ingested> {
+    let store = SqliteStore::open(path, never_commits()).await.unwrap();
+    let mut acked = Vec::new();
+    for i in 0..n {
+        acked.push(
+            store
+                .ingest(message("ch", &format!("{prefix}{i}"), &["a"], at(i)))
+                .await
+                .unwrap(),
+        );
+    }
+    store.crash().await;
+    acked
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -149,15 +166,7 @@ async fn the_journal_wraps_around_and_still_recovers() {
 async fn a_torn_record_at_the_end_is_ignored() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("j.db");
-    let store = SqliteStore::open(&path, never_commits()).await.unwrap();
-    for i in 0..10 {
-        store
-            .ingest(message("ch", &format!("R{i}"), &["a"], at(i)))
-            .await
-            .unwrap();
-    }
-    store.crash().await;
-    drop(store);
+    ingest_then_crash(&path, "R", 10).await;
     // A record half written when the power went: its header is there, its payload not.
     let journal_path = journal::path_for(&path);
     let contents = std::fs::read(&journal_path).unwrap();
@@ -208,15 +217,7 @@ async fn reads_see_an_acknowledged_ingest_at_once() {
 async fn turning_the_journal_off_recovers_it_first() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("j.db");
-    let store = SqliteStore::open(&path, never_commits()).await.unwrap();
-    for i in 0..7 {
-        store
-            .ingest(message("ch", &format!("O{i}"), &["a"], at(i)))
-            .await
-            .unwrap();
-    }
-    store.crash().await;
-    drop(store);
+    ingest_then_crash(&path, "O", 7).await;
     let store = SqliteStore::open(&path, StoreSettings::default().journal_bytes(0))
         .await
         .unwrap();
