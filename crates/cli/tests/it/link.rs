@@ -313,6 +313,48 @@ fn start_plain_edge(dir: &Path, pki_dir: &Path, hub: SocketAddr) -> Serve {
     )
 }
 
+/// A hub whose channel `results` sends to an MLLP app (`app`: the rest of its
+/// `[[channel.destination]]` table), and the edge `stmarys` whose channel `results`
+/// (`ack = "end_to_end"` with `ack_timeout`) sends over the link; returns once the link is
+/// open.
+fn start_end_to_end(dir: &Path, pki_dir: &Path, app: &str, ack_timeout: &str) -> (Serve, Serve) {
+    let hub = Serve::start(
+        dir,
+        "hub",
+        &hub_config(&Hub {
+            pki: pki_dir,
+            data: &dir.join("hub"),
+            edges: "[[link.edge]]\nname = \"stmarys\"\nchannels = [\"adt\", \"results\"]\n",
+            channels: &format!(
+                "[[channel]]\nname = \"results\"\n\n[[channel.destination]]\nname = \"app\"\ntype = \"mllp\"\n{app}"
+            ),
+            admin: false,
+        }),
+    );
+    let (cert, key) = edge_files(pki_dir, "stmarys");
+    let channels = format!(
+        "[[channel]]\nname = \"results\"\nack = \"end_to_end\"\nack_timeout = \"{ack_timeout}\"\n\n\
+         [channel.source]\nbind = \"127.0.0.2:0\"\n\n[[channel.destination]]\nname = \"results-hub\"\ntype = \"link\"\n"
+    );
+    let edge = Serve::start(
+        dir,
+        "edge",
+        &edge_config(&Edge {
+            name: "stmarys",
+            data: &dir.join("edge"),
+            hub: hub.link.unwrap(),
+            trust: ca_trust(pki_dir),
+            cert,
+            key,
+            link_extra: "",
+            adt_extra: "",
+            channels: &channels,
+        }),
+    );
+    edge.log(&["link to the hub open"]);
+    (hub, edge)
+}
+
 fn edge_files(pki: &Path, name: &str) -> (PathBuf, PathBuf) {
     (
         pki.join(format!("edge-{name}.pem")),
@@ -917,39 +959,12 @@ fn link_end_to_end_ack_relays_the_hub_destination() {
     let pki_dir = tmp.path().join("pki");
     pki(&pki_dir, &["stmarys"]);
     let (_receiver, port) = python_server("AE");
-    let hub_data = tmp.path().join("hub");
-    let hub = Serve::start(
+    let (_hub, edge) = start_end_to_end(
         tmp.path(),
-        "hub",
-        &hub_config(&Hub {
-            pki: &pki_dir,
-            data: &hub_data,
-            edges: "[[link.edge]]\nname = \"stmarys\"\nchannels = [\"adt\", \"results\"]\n",
-            channels: &format!(
-                "[[channel]]\nname = \"results\"\n\n[[channel.destination]]\nname = \"app\"\ntype = \"mllp\"\n\
-                 to = \"127.0.0.1:{port}\"\nretry_initial = \"200ms\"\n"
-            ),
-            admin: false,
-        }),
+        &pki_dir,
+        &format!("to = \"127.0.0.1:{port}\"\nretry_initial = \"200ms\"\n"),
+        "10s",
     );
-    let (cert, key) = edge_files(&pki_dir, "stmarys");
-    let edge = Serve::start(
-        tmp.path(),
-        "edge",
-        &edge_config(&Edge {
-            name: "stmarys",
-            data: &tmp.path().join("edge"),
-            hub: hub.link.unwrap(),
-            trust: ca_trust(&pki_dir),
-            cert,
-            key,
-            link_extra: "",
-            adt_extra: "",
-            channels: "[[channel]]\nname = \"results\"\nack = \"end_to_end\"\nack_timeout = \"10s\"\n\n\
-                       [channel.source]\nbind = \"127.0.0.2:0\"\n\n[[channel.destination]]\nname = \"results-hub\"\ntype = \"link\"\n",
-        }),
-    );
-    edge.log(&["link to the hub open"]);
     let mut conn = MllpConn::connect(edge.addr("results"), WAIT).unwrap();
     let reply = conn.send(&load_message(3, 1)).unwrap();
     assert_eq!(
@@ -1658,38 +1673,12 @@ fn link_end_to_end_times_out_with_ae_and_still_delivers() {
         "--out",
         inbox.to_str().unwrap(),
     ]);
-    let hub = Serve::start(
+    let (_hub, edge) = start_end_to_end(
         tmp.path(),
-        "hub",
-        &hub_config(&Hub {
-            pki: &pki_dir,
-            data: &tmp.path().join("hub"),
-            edges: "[[link.edge]]\nname = \"stmarys\"\nchannels = [\"adt\", \"results\"]\n",
-            channels: &format!(
-                "[[channel]]\nname = \"results\"\n\n[[channel.destination]]\nname = \"app\"\ntype = \"mllp\"\n\
-                 to = \"127.0.0.1:{port}\"\nack_timeout = \"10s\"\n"
-            ),
-            admin: false,
-        }),
+        &pki_dir,
+        &format!("to = \"127.0.0.1:{port}\"\nack_timeout = \"10s\"\n"),
+        "1s",
     );
-    let (cert, key) = edge_files(&pki_dir, "stmarys");
-    let edge = Serve::start(
-        tmp.path(),
-        "edge",
-        &edge_config(&Edge {
-            name: "stmarys",
-            data: &tmp.path().join("edge"),
-            hub: hub.link.unwrap(),
-            trust: ca_trust(&pki_dir),
-            cert,
-            key,
-            link_extra: "",
-            adt_extra: "",
-            channels: "[[channel]]\nname = \"results\"\nack = \"end_to_end\"\nack_timeout = \"1s\"\n\n\
-                       [channel.source]\nbind = \"127.0.0.2:0\"\n\n[[channel.destination]]\nname = \"results-hub\"\ntype = \"link\"\n",
-        }),
-    );
-    edge.log(&["link to the hub open"]);
     let mut conn = MllpConn::connect(edge.addr("results"), WAIT).unwrap();
     let message = load_message(4, 1);
     let reply = conn.send(&message).unwrap();
