@@ -23,11 +23,13 @@
 //! - [`ack`]: acknowledgements, both directions.
 //! - [`batch`]: batch files.
 //! - [`error`]: [`ParseError`], [`Warning`], [`PathError`].
+//! - [`date`]: calendar arithmetic for timestamps (no clock).
 
 pub mod ack;
 pub mod batch;
 pub mod build;
 pub mod charset;
+pub mod date;
 pub mod delim;
 pub mod error;
 pub mod escape;

@@ -235,17 +235,9 @@ fn validity(params: &mut CertificateParams, days: u32) {
     params.not_after = rcgen::date_time_ymd(y, m, d);
 }
 
-/// Days since 1970-01-01 to (year, month, day) (Howard Hinnant's civil_from_days).
+/// Days since 1970-01-01 to (year, month, day), as the certificate builder takes them.
 fn civil(days: i64) -> (i32, u8, u8) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
+    let (y, m, d) = causeway_message::date::civil_from_days(days);
     (y as i32, m as u8, d as u8)
 }
 

@@ -1,6 +1,7 @@
 //! Timestamps in the API: RFC 3339 out (UTC, milliseconds), RFC 3339 or Unix
 //! milliseconds in. No clock is read here.
 
+use causeway_message::date::{civil_from_days, days_from_civil};
 use causeway_store::Timestamp;
 use serde::Deserialize;
 
@@ -101,7 +102,7 @@ pub fn parse(text: &str) -> Option<Timestamp> {
             sign * (h * 60 + m)
         }
     };
-    let days = days_from_civil(year, month, day);
+    let days = days_from_civil(year, month as u32, day as u32);
     let local = days * MS_PER_DAY + ((hour * 60 + minute) * 60 + second.min(59)) * 1000 + millis;
     Some(Timestamp::from_millis(local - offset_minutes * 60_000))
 }
@@ -113,30 +114,6 @@ fn days_in_month(year: i64, month: i64) -> i64 {
         4 | 6 | 9 | 11 => 30,
         _ => 31,
     }
-}
-
-// Howard Hinnant's `days_from_civil` and `civil_from_days` (proleptic Gregorian).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
 }
 
 #[cfg(test)]
