@@ -150,6 +150,9 @@ pub struct Worker {
 const POLL: Duration = Duration::from_millis(500);
 /// How many deliveries one store read fetches.
 const BATCH: usize = 64;
+/// How many attempt records may be on their way to the store while the worker sends the
+/// next messages (see [`Records`]).
+const RECORDS_IN_FLIGHT: usize = 64;
 
 fn now() -> Timestamp {
     Timestamp::from(SystemTime::now())
@@ -166,7 +169,11 @@ impl Worker {
             self.metrics.clone(),
         );
         let mut store_backoff = Duration::from_millis(100);
+        let mut records = Records::default();
         loop {
+            // The queue is read again only once every attempt so far is recorded: the
+            // read must not hand out a delivery that was just made.
+            records.flush().await;
             if stop.is_cancelled() {
                 break;
             }
@@ -207,19 +214,20 @@ impl Worker {
                     warn!(destination = %self.name, message_id = pending.message_id.0, control_id = %pending.control_id, %previous, "possible duplicate: sending the queue head after a lease takeover; the previous holder may have sent it before it stopped");
                     self.metrics.lease_possible_duplicate(&self.name);
                 }
-                if !self.attempt(pending).await {
+                if !self.attempt(pending, &mut records).await {
                     // The head failed: nothing behind it goes before its retry time.
                     break;
                 }
             }
         }
+        records.flush().await;
         // After the last attempt is recorded: another node may take over at once.
         lease.release().await;
         info!(destination = %self.name, "delivery worker stopped");
     }
 
-    /// One attempt and its record; `true` when the queue may move on.
-    async fn attempt(&mut self, pending: PendingDelivery) -> bool {
+    /// One attempt, its record started; `true` when the queue may move on.
+    async fn attempt(&mut self, pending: PendingDelivery, records: &mut Records) -> bool {
         let outgoing = Outgoing {
             message_id: pending.message_id.0,
             raw: pending.raw.clone(),
@@ -238,10 +246,65 @@ impl Worker {
             &attempt,
             elapsed,
         );
-        record(self.store.as_ref(), &self.name, pending.id, result).await;
-        self.waiters
-            .complete(pending.message_id.0, &self.name, &attempt);
+        let store = Arc::clone(&self.store);
+        let waiters = Arc::clone(&self.waiters);
+        let name = self.name.clone();
+        records
+            .start(async move {
+                record(store.as_ref(), &name, pending.id, result).await;
+                waiters.complete(pending.message_id.0, &name, &attempt);
+            })
+            .await;
         moved_on
+    }
+}
+
+/// Attempt records on their way to the store, oldest first.
+///
+/// Recording an attempt is a durable write (a synced commit), about as slow as sending
+/// the message. A worker that waited for each record before the next send would pay
+/// both, one after the other. Instead it sends the next message while the records of
+/// the ones before are written, and the store's group commit makes the records that
+/// queue up meanwhile durable together.
+///
+/// What this changes is only when a record lands, never the order of sends: a crash with
+/// records in flight sends those messages again (at-least-once, as a crash between send
+/// and record always did). An `after_delivery` sender still learns the outcome only once
+/// it is recorded. The worker [`flush`](Records::flush)es before it reads the queue again
+/// and before it lets the lease go.
+#[derive(Debug, Default)]
+struct Records {
+    in_flight: std::collections::VecDeque<tokio::task::JoinHandle<()>>,
+}
+
+impl Records {
+    /// Starts a record; first waits for the oldest when [`RECORDS_IN_FLIGHT`] are
+    /// already on their way.
+    async fn start(&mut self, record: impl Future<Output = ()> + Send + 'static) {
+        while self.in_flight.front().is_some_and(|r| r.is_finished()) {
+            self.in_flight.pop_front();
+        }
+        if self.in_flight.len() >= RECORDS_IN_FLIGHT {
+            self.wait_oldest().await;
+        }
+        self.in_flight.push_back(tokio::spawn(record));
+    }
+
+    /// Waits until every record started so far is written.
+    async fn flush(&mut self) {
+        while !self.in_flight.is_empty() {
+            self.wait_oldest().await;
+        }
+    }
+
+    async fn wait_oldest(&mut self) {
+        if let Some(oldest) = self.in_flight.pop_front() {
+            // A record retries until the store takes it; it ends early only if the
+            // runtime shuts down, when nothing is left to wait for.
+            if let Err(error) = oldest.await {
+                warn!(%error, "a delivery attempt record did not finish");
+            }
+        }
     }
 }
 

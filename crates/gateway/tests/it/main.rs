@@ -6,4 +6,5 @@
 
 mod ack_policy;
 mod admin;
+mod delivery;
 mod doctor;
