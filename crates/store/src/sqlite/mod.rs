@@ -484,9 +484,11 @@ fn recover(
     drop(contents);
     let seq = last.max(applied);
     let mut state = WriterState::new(settings, Arc::new(WriterCounters::default()));
+    let mut hot = writer::Hot::new(&tx);
     for (_, redo) in &records {
-        writer::apply_redo(&tx, &mut state, redo)?;
+        writer::apply_redo(&mut hot, &mut state, redo)?;
     }
+    drop(hot);
     tx.execute(
         "UPDATE ingest_journal SET generation = ?1, applied_seq = ?2 WHERE id = 1",
         (generation as i64 + 1, seq as i64),
