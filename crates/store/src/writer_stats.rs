@@ -13,6 +13,9 @@ pub struct WriterStats {
     pub requests: u64,
     /// Batches whose commit failed (every request in them failed as unavailable).
     pub failed_commits: u64,
+    /// Of the commits, the SQLite ingest journal's batches that the writer synced itself
+    /// because nothing else was waiting (the others went to the journal thread).
+    pub journal_syncs_on_writer: u64,
 }
 
 /// The writer's counters. Relaxed atomics: they are statistics, read independently.
@@ -21,6 +24,7 @@ pub(crate) struct WriterCounters {
     commits: AtomicU64,
     requests: AtomicU64,
     failed_commits: AtomicU64,
+    journal_syncs_on_writer: AtomicU64,
 }
 
 impl WriterCounters {
@@ -35,12 +39,18 @@ impl WriterCounters {
         self.requests.fetch_add(requests as u64, Ordering::Relaxed);
     }
 
+    /// Counts a journal batch the writer synced itself.
+    pub(crate) fn journal_sync_on_writer(&self) {
+        self.journal_syncs_on_writer.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// A snapshot.
     pub(crate) fn stats(&self) -> WriterStats {
         WriterStats {
             commits: self.commits.load(Ordering::Relaxed),
             requests: self.requests.load(Ordering::Relaxed),
             failed_commits: self.failed_commits.load(Ordering::Relaxed),
+            journal_syncs_on_writer: self.journal_syncs_on_writer.load(Ordering::Relaxed),
         }
     }
 }

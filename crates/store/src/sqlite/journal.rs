@@ -46,7 +46,7 @@ use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, mpsc};
 use std::time::{Duration, Instant};
 
@@ -500,6 +500,9 @@ pub(super) struct JournalWrite {
 pub(super) struct JournalShared {
     /// Set when a write or sync failed; the writer then stops using the journal.
     pub failed: AtomicBool,
+    /// Batches handed to the journal thread and not yet synced. The writer writes a
+    /// batch itself only when this is zero, so records still reach the file in order.
+    pub in_flight: AtomicUsize,
 }
 
 /// Writes and syncs what the writer sends, in order, answering each batch's callers
@@ -516,6 +519,7 @@ pub(super) fn run(
             pending.push(more);
         }
         let error = write_and_sync(file, shared, &pending);
+        shared.in_flight.fetch_sub(pending.len(), Ordering::AcqRel);
         for write in pending.drain(..) {
             for job in write.jobs {
                 job.finish(error.as_deref());

@@ -71,6 +71,17 @@ async fn acknowledged_ingests_survive_a_crash_in_the_journal() {
     }
     assert_eq!(acked.len(), 200);
     assert!(acked.iter().any(|(_, i)| i.duplicate_of.is_some()));
+    // Then one sender alone: its batches are synced on the writer thread, after (and in
+    // sequence with) those the journal thread synced.
+    for i in 0..20 {
+        let m = message("ch", &format!("ALONE-{i}"), &["a"], at(i));
+        acked.push((m.control_id.clone(), store.ingest(m).await.unwrap()));
+    }
+    let stats = store.writer_stats();
+    assert!(
+        stats.journal_syncs_on_writer >= 20 && stats.journal_syncs_on_writer < stats.commits,
+        "both the writer and the journal thread synced batches: {stats:?}"
+    );
     // Acknowledged, yet nothing is committed in SQLite: it is all in the journal.
     assert_eq!(committed_messages(&path), 0);
     store.crash().await;
@@ -79,7 +90,7 @@ async fn acknowledged_ingests_survive_a_crash_in_the_journal() {
     let store = SqliteStore::open(&path, StoreSettings::default())
         .await
         .unwrap();
-    assert_eq!(committed_messages(&path), 200);
+    assert_eq!(committed_messages(&path), 220);
     for (control_id, ingested) in &acked {
         let record = store.message(ingested.id).await.unwrap().unwrap();
         assert_eq!(&record.summary.meta.control_id, control_id);

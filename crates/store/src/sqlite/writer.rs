@@ -316,22 +316,33 @@ impl JournalSide {
         self.shared.failed.load(Ordering::Acquire)
     }
 
-    /// Hands a batch of records to the journal thread (or, if that thread is gone, writes
-    /// and syncs it here). The thread syncs whatever has queued up meanwhile at once, so
-    /// batches group themselves while the disk is busy.
-    fn submit(&self, write: JournalWrite) {
+    /// Hands a batch of records to the journal thread, which syncs whatever has queued up
+    /// meanwhile at once, so batches group themselves while the disk is busy.
+    ///
+    /// When the writer has nothing else `queued` and the thread nothing in hand, the writer
+    /// writes and syncs the batch itself: waking the thread and being answered by it are two
+    /// hand-offs between threads, and at one sender those cost about as much as the sync.
+    /// (Also when the thread is gone: it panicked, or never started.) True when it synced
+    /// here.
+    fn submit(&self, write: JournalWrite, queued: bool) -> bool {
         let write = match &self.to_thread {
-            Some(to) => match to.send(write) {
-                Ok(()) => return,
-                Err(std::sync::mpsc::SendError(write)) => write,
-            },
-            None => write,
+            Some(to) if queued || self.shared.in_flight.load(Ordering::Acquire) > 0 => {
+                self.shared.in_flight.fetch_add(1, Ordering::AcqRel);
+                match to.send(write) {
+                    Ok(()) => return false,
+                    Err(std::sync::mpsc::SendError(write)) => {
+                        self.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+                        write
+                    }
+                }
+            }
+            _ => write,
         };
-        // The thread is gone (it panicked, or never started): it answers nothing more.
         let error = journal::write_and_sync(&self.file, &self.shared, std::slice::from_ref(&write));
         for job in write.jobs {
             job.finish(error.as_deref());
         }
+        true
     }
 
     /// Stops the journal thread after it has answered everything sent to it.
@@ -696,7 +707,9 @@ impl Writer {
         j.offset += records.len() as u64;
         self.tx.batches.push(records);
         self.tx.messages += seq.saturating_sub(before) as usize;
-        j.submit(write);
+        if j.submit(write, !self.rx.is_empty()) {
+            self.state.counters.journal_sync_on_writer();
+        }
     }
 
     /// Commits the open transaction with this batch in it and answers the batch once the
