@@ -1,53 +1,13 @@
 //! `ack = "after_delivery"`: the sender gets the first destination's answer, or AE when it
 //! does not come in time; either way the message is stored and delivered later.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use bytes::Bytes;
 use causeway_gateway::{Config, Gateway};
-use causeway_message::Message;
-use causeway_message::ack::{Ack, AckCode, Outcome};
+use causeway_message::ack::{AckCode, Outcome};
 use causeway_mllp::client::{Client, ClientSettings};
-use causeway_mllp::server::{self, ConnectionInfo, Reply, ServerSettings};
-use tokio::net::TcpListener;
 
-/// An MLLP receiver answering the n-th message (0-based) with `script(n)`: an outcome and a
-/// delay before answering.
-async fn receiver(script: fn(usize) -> (Outcome, Duration)) -> std::net::SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let count = Arc::new(AtomicUsize::new(0));
-    let handler = move |msg: Bytes, _conn: ConnectionInfo| {
-        let n = count.fetch_add(1, Ordering::SeqCst);
-        async move {
-            let (outcome, delay) = script(n);
-            tokio::time::sleep(delay).await;
-            let Ok(m) = Message::parse(&msg) else {
-                return Reply::Close;
-            };
-            let ack = Ack::for_message(&m, outcome)
-                .text(format!("downstream says {n}"))
-                .control_id(format!("R{n}"))
-                .timestamp(causeway_mllp::ack::hl7_timestamp(SystemTime::now()))
-                .encode();
-            Reply::from(ack)
-        }
-    };
-    tokio::spawn(server::run(
-        listener,
-        handler,
-        ServerSettings::default(),
-        std::future::pending::<()>(),
-    ));
-    addr
-}
-
-fn adt(id: &str) -> Vec<u8> {
-    format!("MSH|^~\\&|EHR|H|LAB|H|20261127120000||ADT^A01|{id}|P|2.5\rPID|1||{id}^^^MRN\r")
-        .into_bytes()
-}
+use crate::support::{adt, receiver};
 
 #[tokio::test]
 async fn after_delivery_relays_the_destination_answer_or_times_out() {
@@ -57,7 +17,8 @@ async fn after_delivery_relays_the_destination_answer_or_times_out() {
         1 => (Outcome::Error, Duration::ZERO),
         _ => (Outcome::Accept, Duration::from_secs(3)),
     })
-    .await;
+    .await
+    .addr;
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().display().to_string();
     let toml = format!(

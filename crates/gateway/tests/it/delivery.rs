@@ -1,56 +1,18 @@
 //! The delivery worker sends each queued message once, in order, while the records of the
 //! attempts before it are still being written (see `deliver::Records`).
 
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use bytes::Bytes;
 use causeway_gateway::{Config, Gateway};
-use causeway_message::Message;
-use causeway_message::ack::{Ack, AckCode, Outcome};
+use causeway_message::ack::AckCode;
 use causeway_mllp::client::{Client, ClientSettings};
-use causeway_mllp::server::{self, ConnectionInfo, Reply, ServerSettings};
-use tokio::net::TcpListener;
 
-/// An MLLP receiver that accepts everything and keeps the control ids in arrival order.
-async fn receiver() -> (std::net::SocketAddr, Arc<Mutex<Vec<String>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let arrived = Arc::new(Mutex::new(Vec::new()));
-    let seen = arrived.clone();
-    let handler = move |msg: Bytes, _conn: ConnectionInfo| {
-        let seen = seen.clone();
-        async move {
-            let Ok(m) = Message::parse(&msg) else {
-                return Reply::Close;
-            };
-            let control_id =
-                String::from_utf8_lossy(m.control_id().unwrap_or_default()).into_owned();
-            seen.lock().unwrap().push(control_id);
-            Reply::from(
-                Ack::for_message(&m, Outcome::Accept)
-                    .timestamp(causeway_mllp::ack::hl7_timestamp(SystemTime::now()))
-                    .encode(),
-            )
-        }
-    };
-    tokio::spawn(server::run(
-        listener,
-        handler,
-        ServerSettings::default(),
-        std::future::pending::<()>(),
-    ));
-    (addr, arrived)
-}
-
-fn adt(id: &str) -> Vec<u8> {
-    format!("MSH|^~\\&|EHR|H|LAB|H|20261127120000||ADT^A01|{id}|P|2.5\rPID|1||{id}^^^MRN\r")
-        .into_bytes()
-}
+use crate::support::{accept_all, adt, receiver};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_message_is_sent_once_and_in_order() {
-    let (lab, arrived) = receiver().await;
+    let lab = receiver(accept_all).await;
+    let (lab, arrived) = (lab.addr, lab.arrived);
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().display().to_string();
     let toml = format!(

@@ -1,43 +1,14 @@
 //! `POST /api/doctor`: the doctor's checks against a configured MLLP destination, run by the
 //! gateway itself.
 
-use std::time::SystemTime;
-
-use bytes::Bytes;
 use causeway_gateway::{Config, Gateway};
-use causeway_message::Message;
-use causeway_message::ack::{Ack, Outcome};
-use causeway_mllp::server::{self, ConnectionInfo, Reply, ServerSettings};
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
 
-/// An MLLP receiver that accepts everything.
-async fn receiver() -> std::net::SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let handler = |msg: Bytes, _conn: ConnectionInfo| async move {
-        match Message::parse(&msg) {
-            Ok(m) => Reply::from(
-                Ack::for_message(&m, Outcome::Accept)
-                    .control_id("R1")
-                    .timestamp(causeway_mllp::ack::hl7_timestamp(SystemTime::now()))
-                    .encode(),
-            ),
-            Err(_) => Reply::Close,
-        }
-    };
-    tokio::spawn(server::run(
-        listener,
-        handler,
-        ServerSettings::default(),
-        std::future::pending::<()>(),
-    ));
-    addr
-}
+use crate::support::{accept_all, receiver};
 
 #[tokio::test]
 async fn doctor_checks_a_configured_destination() {
-    let lab = receiver().await;
+    let lab = receiver(accept_all).await.addr;
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().display().to_string();
     let toml = format!(

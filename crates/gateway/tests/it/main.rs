@@ -8,3 +8,4 @@ mod ack_policy;
 mod admin;
 mod delivery;
 mod doctor;
+mod support;
