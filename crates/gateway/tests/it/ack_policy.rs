@@ -3,11 +3,10 @@
 
 use std::time::Duration;
 
-use causeway_gateway::{Config, Gateway};
 use causeway_message::ack::{AckCode, Outcome};
 use causeway_mllp::client::{Client, ClientSettings};
 
-use crate::support::{adt, receiver};
+use crate::support::{adt, receiver, start};
 
 #[tokio::test]
 async fn after_delivery_relays_the_destination_answer_or_times_out() {
@@ -19,12 +18,9 @@ async fn after_delivery_relays_the_destination_answer_or_times_out() {
     })
     .await
     .addr;
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().display().to_string();
-    let toml = format!(
-        r#"
-[store]
-path = '{root}/data'
+    let (gateway, running, _dir) = start(|_| {
+        format!(
+            r#"
 [admin]
 disabled = true
 [[channel]]
@@ -40,8 +36,9 @@ to = "{lab}"
 retry_initial = "100ms"
 retry_max = "200ms"
 "#
-    );
-    let (gateway, running) = Gateway::start(Config::parse(&toml).unwrap()).await.unwrap();
+        )
+    })
+    .await;
     let mut settings = ClientSettings::default();
     settings.ack_timeout = Duration::from_secs(10);
     let mut client = Client::new(gateway.listening["adt"].to_string(), settings);
@@ -86,12 +83,9 @@ retry_max = "200ms"
 async fn custom_framing_bytes_on_both_sides() {
     // The gateway's own listener as the MLLP destination of a second channel would need two
     // gateways; instead one channel with STX/ETX framing, and a client using the same bytes.
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().display().to_string();
-    let toml = format!(
-        r#"
-[store]
-path = '{root}/data'
+    let (gateway, running, _dir) = start(|root| {
+        format!(
+            r#"
 [admin]
 disabled = true
 [[channel]]
@@ -104,8 +98,9 @@ name = "files"
 type = "file"
 directory = '{root}/out'
 "#
-    );
-    let (gateway, running) = Gateway::start(Config::parse(&toml).unwrap()).await.unwrap();
+        )
+    })
+    .await;
     let mut settings = ClientSettings::default();
     settings.framing = causeway_mllp::frame::FramingOptions::default().with_bytes(0x02, 0x03, 0x0D);
     let mut client = Client::new(gateway.listening["stx"].to_string(), settings);

@@ -15,6 +15,8 @@ use reqwest::StatusCode;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap};
 use serde_json::{Value, json};
 
+use crate::support::start;
+
 const TOKEN: &str = "correct-horse-battery-staple";
 
 /// A gateway on ephemeral ports with one channel `adt` delivering to files.
@@ -719,12 +721,9 @@ async fn audit_failure_fails_the_request() {
 
 #[tokio::test]
 async fn admin_can_be_disabled() {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().display().to_string();
-    let toml = format!(
-        r#"
-[store]
-path = '{root}/data'
+    let (gateway, running, _dir) = start(|root| {
+        format!(
+            r#"
 [admin]
 disabled = true
 [[channel]]
@@ -736,8 +735,9 @@ name = "outbox"
 type = "file"
 directory = '{root}/outbox'
 "#
-    );
-    let (gateway, running) = Gateway::start(Config::parse(&toml).unwrap()).await.unwrap();
+        )
+    })
+    .await;
     assert_eq!(gateway.admin_addr(), None);
     running.stop(&gateway).await;
 }

@@ -3,22 +3,18 @@
 
 use std::time::Duration;
 
-use causeway_gateway::{Config, Gateway};
 use causeway_message::ack::AckCode;
 use causeway_mllp::client::{Client, ClientSettings};
 
-use crate::support::{accept_all, adt, receiver};
+use crate::support::{accept_all, adt, receiver, start};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_message_is_sent_once_and_in_order() {
     let lab = receiver(accept_all).await;
     let (lab, arrived) = (lab.addr, lab.arrived);
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().display().to_string();
-    let toml = format!(
-        r#"
-[store]
-path = '{root}/data'
+    let (gateway, running, _dir) = start(|_| {
+        format!(
+            r#"
 [admin]
 disabled = true
 [[channel]]
@@ -30,8 +26,9 @@ name = "lab"
 type = "mllp"
 to = "{lab}"
 "#
-    );
-    let (gateway, running) = Gateway::start(Config::parse(&toml).unwrap()).await.unwrap();
+        )
+    })
+    .await;
     let addr = gateway.listening["adt"].to_string();
     // Four senders, so the queue builds up and the worker reads it in batches.
     const SENDERS: usize = 4;

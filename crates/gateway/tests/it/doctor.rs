@@ -1,20 +1,16 @@
 //! `POST /api/doctor`: the doctor's checks against a configured MLLP destination, run by the
 //! gateway itself.
 
-use causeway_gateway::{Config, Gateway};
 use serde_json::{Value, json};
 
-use crate::support::{accept_all, receiver};
+use crate::support::{accept_all, receiver, start};
 
 #[tokio::test]
 async fn doctor_checks_a_configured_destination() {
     let lab = receiver(accept_all).await.addr;
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().display().to_string();
-    let toml = format!(
-        r#"
-[store]
-path = '{root}/data'
+    let (gateway, running, _dir) = start(|root| {
+        format!(
+            r#"
 [admin]
 bind = "127.0.0.1:0"
 [[channel]]
@@ -30,8 +26,9 @@ name = "files"
 type = "file"
 directory = '{root}/out'
 "#
-    );
-    let (gateway, running) = Gateway::start(Config::parse(&toml).unwrap()).await.unwrap();
+        )
+    })
+    .await;
     let url = format!("http://{}/api/doctor", gateway.admin_addr().unwrap());
     let http = reqwest::Client::new();
     let post = |body: Value| {

@@ -63,3 +63,21 @@ pub fn adt(id: &str) -> Vec<u8> {
     format!("MSH|^~\\&|EHR|H|LAB|H|20261127120000||ADT^A01|{id}|P|2.5\rPID|1||{id}^^^MRN\r")
         .into_bytes()
 }
+
+/// Starts a gateway with its store in a new temporary directory (kept alive by the
+/// returned `TempDir`). `config` gets that directory and returns the TOML after the
+/// `[store]` table, which this adds.
+pub async fn start(
+    config: impl FnOnce(&str) -> String,
+) -> (
+    Arc<causeway_gateway::Gateway>,
+    causeway_gateway::gateway::Running,
+    tempfile::TempDir,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().display().to_string();
+    let toml = format!("[store]\npath = '{root}/data'\n{}", config(&root));
+    let config = causeway_gateway::Config::parse(&toml).unwrap();
+    let (gateway, running) = causeway_gateway::Gateway::start(config).await.unwrap();
+    (gateway, running, dir)
+}
