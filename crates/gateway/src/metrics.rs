@@ -231,7 +231,7 @@ impl Metrics {
         );
         r.register(
             "lease_possible_duplicates",
-            "Queue heads re-sent after a lease takeover that the previous holder may have sent",
+            "Deliveries at the head of a queue sent after a lease takeover that the previous holder may have sent",
             self.lease_possible_duplicates.clone(),
         );
         r.register(

@@ -20,10 +20,11 @@
 //!   so another node takes over within `lease_timeout / 10`.
 //!
 //! After taking over a lease another node (or an earlier run of this one) did not
-//! release, the head of the queue may have been in flight there when it stopped: the
-//! destination then gets it twice. That first delivery is logged and counted
-//! (`causeway_lease_possible_duplicates`). It is the only repeat a takeover can cause: a
-//! worker has at most one attempt in flight.
+//! release, the first messages of the queue may have been sent there without being
+//! recorded: the one in hand when it stopped, and those whose attempt records were still on
+//! their way (at most `RECORDS_IN_FLIGHT`, see `deliver::Records`). The destination then
+//! gets them twice. The worker logs and counts each of those first deliveries
+//! (`causeway_lease_possible_duplicates`); they are the only repeats a takeover can cause.
 //!
 //! With SQLite (one node) the same logic runs and the node always holds every lease.
 

@@ -152,7 +152,7 @@ const POLL: Duration = Duration::from_millis(500);
 const BATCH: usize = 64;
 /// How many attempt records may be on their way to the store while the worker sends the
 /// next messages (see [`Records`]).
-const RECORDS_IN_FLIGHT: usize = 64;
+const RECORDS_IN_FLIGHT: usize = 8;
 
 fn now() -> Timestamp {
     Timestamp::from(SystemTime::now())
@@ -170,6 +170,7 @@ impl Worker {
         );
         let mut store_backoff = Duration::from_millis(100);
         let mut records = Records::default();
+        let mut suspects = Suspects::default();
         loop {
             // The queue is read again only once every attempt so far is recorded: the
             // read must not hand out a delivery that was just made.
@@ -199,6 +200,7 @@ impl Worker {
             };
             if batch.is_empty() {
                 lease.clear_suspect();
+                suspects = Suspects::default();
                 tokio::select! {
                     () = stop.cancelled() => break,
                     () = self.wake.notified() => {}
@@ -211,7 +213,10 @@ impl Worker {
                     break;
                 }
                 if let Some(previous) = lease.take_suspect() {
-                    warn!(destination = %self.name, message_id = pending.message_id.0, control_id = %pending.control_id, %previous, "possible duplicate: sending the queue head after a lease takeover; the previous holder may have sent it before it stopped");
+                    suspects = Suspects::after_takeover(previous);
+                }
+                if let Some(previous) = suspects.check(&pending) {
+                    warn!(destination = %self.name, message_id = pending.message_id.0, control_id = %pending.control_id, %previous, "possible duplicate: sending one of the queue's first messages after a lease takeover; the previous holder may have sent it before it stopped");
                     self.metrics.lease_possible_duplicate(&self.name);
                 }
                 if !self.attempt(pending, &mut records).await {
@@ -256,6 +261,40 @@ impl Worker {
             })
             .await;
         moved_on
+    }
+}
+
+/// After a lease takeover: the queue's first messages, which the previous holder may have
+/// sent without recording it. That is the one it had in hand and those whose records were
+/// still in flight ([`RECORDS_IN_FLIGHT`]), so each of the first `RECORDS_IN_FLIGHT + 1`
+/// deliveries sent is logged and counted as a possible duplicate, once.
+#[derive(Debug, Default)]
+struct Suspects {
+    /// The node the lease was taken from.
+    previous: Option<String>,
+    /// Deliveries still to flag.
+    left: usize,
+    /// The last delivery flagged (a retry of it is not flagged again).
+    last: Option<DeliveryId>,
+}
+
+impl Suspects {
+    fn after_takeover(previous: String) -> Suspects {
+        Suspects {
+            previous: Some(previous),
+            left: RECORDS_IN_FLIGHT + 1,
+            last: None,
+        }
+    }
+
+    /// The previous holder's name when `pending` is to be flagged.
+    fn check(&mut self, pending: &PendingDelivery) -> Option<&str> {
+        if self.left == 0 || self.last.is_some_and(|last| pending.id <= last) {
+            return None;
+        }
+        self.left -= 1;
+        self.last = Some(pending.id);
+        self.previous.as_deref()
     }
 }
 
