@@ -312,14 +312,14 @@ impl Suspects {
 /// it is recorded. The worker [`flush`](Records::flush)es before it reads the queue again
 /// and before it lets the lease go.
 #[derive(Debug, Default)]
-struct Records {
+pub(crate) struct Records {
     in_flight: std::collections::VecDeque<tokio::task::JoinHandle<()>>,
 }
 
 impl Records {
     /// Starts a record; first waits for the oldest when [`RECORDS_IN_FLIGHT`] are
     /// already on their way.
-    async fn start(&mut self, record: impl Future<Output = ()> + Send + 'static) {
+    pub(crate) async fn start(&mut self, record: impl Future<Output = ()> + Send + 'static) {
         while self.in_flight.front().is_some_and(|r| r.is_finished()) {
             self.in_flight.pop_front();
         }
@@ -330,7 +330,7 @@ impl Records {
     }
 
     /// Waits until every record started so far is written.
-    async fn flush(&mut self) {
+    pub(crate) async fn flush(&mut self) {
         while !self.in_flight.is_empty() {
             self.wait_oldest().await;
         }

@@ -17,7 +17,7 @@ use tracing::{debug, info, warn};
 use super::Link;
 use super::proto::{Frame, Header, Verdict};
 use super::session::{OutcomeHook, Reply, Session, Want};
-use crate::deliver::{Attempt, Policy};
+use crate::deliver::{Attempt, Policy, Records};
 use crate::deliver::{record, settle};
 use crate::metrics::Metrics;
 use crate::waiters::Waiters;
@@ -85,8 +85,13 @@ impl LinkWorker {
                 s = self.link.session(&self.peer) => s,
             };
             let Some(session) = session else { break };
+            let mut records = Records::default();
             loop {
-                match self.round(&session, &stop).await {
+                let round = self.round(&session, &stop, &mut records).await;
+                // A new round starts again from the queue's head: every answer so far must
+                // be recorded first, or the head would be sent again.
+                records.flush().await;
+                match round {
                     Round::Again => continue,
                     Round::Lost => break,
                     Round::Stop => {
@@ -99,7 +104,12 @@ impl LinkWorker {
         info!(destination = %self.name, "link destination stopped");
     }
 
-    async fn round(&self, session: &Arc<Session>, stop: &CancellationToken) -> Round {
+    async fn round(
+        &self,
+        session: &Arc<Session>,
+        stop: &CancellationToken,
+        records: &mut Records,
+    ) -> Round {
         let window = self.link.config.window;
         let timeout = self.link.config.outcome_timeout.0;
         let mut inflight: VecDeque<InFlight> = VecDeque::new();
@@ -216,7 +226,7 @@ impl LinkWorker {
                     ),
                 }),
             };
-            let moved_on = self.record(&done.pending, &attempt, elapsed).await;
+            let moved_on = self.record(&done.pending, attempt, elapsed, records).await;
             if !moved_on {
                 // Everything sent after it is answered `failed` by the peer (or is a resend
                 // it will recognise): start again from the head, after its retry time.
@@ -272,12 +282,14 @@ impl LinkWorker {
         Some(rx)
     }
 
-    /// Records the attempt; `true` when the queue moves on.
+    /// Starts the attempt's record (see `deliver::Records`: the worker handles the next
+    /// answers while it is written); `true` when the queue moves on.
     async fn record(
         &self,
         pending: &PendingDelivery,
-        attempt: &Attempt,
+        attempt: Attempt,
         elapsed: Duration,
+        records: &mut Records,
     ) -> bool {
         let (result, moved_on) = settle(
             &self.policy,
@@ -286,14 +298,22 @@ impl LinkWorker {
             &self.name,
             "link ",
             pending,
-            attempt,
+            &attempt,
             elapsed,
         );
-        record(self.store.as_ref(), &self.name, pending.id, result).await;
-        if self.after_delivery || !matches!(attempt, Attempt::Delivered { .. }) {
-            self.waiters
-                .complete(pending.message_id.0, &self.name, attempt);
-        }
+        let store = Arc::clone(&self.store);
+        let waiters = Arc::clone(&self.waiters);
+        let name = self.name.clone();
+        let (delivery, message) = (pending.id, pending.message_id.0);
+        let tell_waiter = self.after_delivery || !matches!(attempt, Attempt::Delivered { .. });
+        records
+            .start(async move {
+                record(store.as_ref(), &name, delivery, result).await;
+                if tell_waiter {
+                    waiters.complete(message, &name, &attempt);
+                }
+            })
+            .await;
         moved_on
     }
 }
