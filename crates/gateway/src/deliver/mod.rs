@@ -251,14 +251,9 @@ impl Worker {
             &attempt,
             elapsed,
         );
-        let store = Arc::clone(&self.store);
-        let waiters = Arc::clone(&self.waiters);
-        let name = self.name.clone();
+        let tell = (&self.waiters, pending.message_id.0, attempt);
         records
-            .start(async move {
-                record(store.as_ref(), &name, pending.id, result).await;
-                waiters.complete(pending.message_id.0, &name, &attempt);
-            })
+            .record(&self.store, &self.name, pending.id, result, Some(tell))
             .await;
         moved_on
     }
@@ -317,9 +312,30 @@ pub(crate) struct Records {
 }
 
 impl Records {
-    /// Starts a record; first waits for the oldest when [`RECORDS_IN_FLIGHT`] are
-    /// already on their way.
-    pub(crate) async fn start(&mut self, record: impl Future<Output = ()> + Send + 'static) {
+    /// Starts recording `result` for `delivery` (see [`record`]), then tells `waiter`'s
+    /// `after_delivery` sender of message `id` the outcome, when given. First waits for the
+    /// oldest record when [`RECORDS_IN_FLIGHT`] are already on their way.
+    pub(crate) async fn record(
+        &mut self,
+        store: &Arc<dyn Store>,
+        destination: &str,
+        delivery: DeliveryId,
+        result: AttemptResult,
+        waiter: Option<(&Arc<Waiters>, i64, Attempt)>,
+    ) {
+        let store = Arc::clone(store);
+        let destination = destination.to_owned();
+        let waiter = waiter.map(|(w, id, attempt)| (Arc::clone(w), id, attempt));
+        self.start(async move {
+            record(store.as_ref(), &destination, delivery, result).await;
+            if let Some((waiters, id, attempt)) = waiter {
+                waiters.complete(id, &destination, &attempt);
+            }
+        })
+        .await;
+    }
+
+    async fn start(&mut self, record: impl Future<Output = ()> + Send + 'static) {
         while self.in_flight.front().is_some_and(|r| r.is_finished()) {
             self.in_flight.pop_front();
         }
@@ -418,7 +434,7 @@ pub(crate) fn settle(
 /// take it, retries with backoff: the delivery stays queued meanwhile, so a crash repeats
 /// the attempt (at-least-once). A delivery replayed or settled meanwhile (by the admin
 /// API) needs no record.
-pub(crate) async fn record(
+async fn record(
     store: &dyn Store,
     destination: &str,
     delivery: DeliveryId,

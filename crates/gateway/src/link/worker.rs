@@ -17,8 +17,8 @@ use tracing::{debug, info, warn};
 use super::Link;
 use super::proto::{Frame, Header, Verdict};
 use super::session::{OutcomeHook, Reply, Session, Want};
+use crate::deliver::settle;
 use crate::deliver::{Attempt, Policy, Records};
-use crate::deliver::{record, settle};
 use crate::metrics::Metrics;
 use crate::waiters::Waiters;
 
@@ -301,18 +301,10 @@ impl LinkWorker {
             &attempt,
             elapsed,
         );
-        let store = Arc::clone(&self.store);
-        let waiters = Arc::clone(&self.waiters);
-        let name = self.name.clone();
-        let (delivery, message) = (pending.id, pending.message_id.0);
-        let tell_waiter = self.after_delivery || !matches!(attempt, Attempt::Delivered { .. });
+        let tell = (self.after_delivery || !matches!(attempt, Attempt::Delivered { .. }))
+            .then_some((&self.waiters, pending.message_id.0, attempt));
         records
-            .start(async move {
-                record(store.as_ref(), &name, delivery, result).await;
-                if tell_waiter {
-                    waiters.complete(message, &name, &attempt);
-                }
-            })
+            .record(&self.store, &self.name, pending.id, result, tell)
             .await;
         moved_on
     }
