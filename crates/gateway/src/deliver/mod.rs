@@ -434,12 +434,7 @@ pub(crate) fn settle(
 /// take it, retries with backoff: the delivery stays queued meanwhile, so a crash repeats
 /// the attempt (at-least-once). A delivery replayed or settled meanwhile (by the admin
 /// API) needs no record.
-async fn record(
-    store: &dyn Store,
-    destination: &str,
-    delivery: DeliveryId,
-    result: AttemptResult,
-) {
+async fn record(store: &dyn Store, destination: &str, delivery: DeliveryId, result: AttemptResult) {
     let mut backoff = Duration::from_millis(50);
     loop {
         match store.record_attempt(delivery, now(), result.clone()).await {
