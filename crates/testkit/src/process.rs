@@ -1,6 +1,7 @@
 //! Child processes for end-to-end tests: the `causeway` binary and the Python peers.
 //!
-//! A [`Child`] is killed when dropped, so a failing test leaves no process behind. Its
+//! A [`Child`] is killed when dropped, so a failing test leaves no process behind (and shows
+//! the tail of what the process printed). Its
 //! stdout and stderr lines are collected by background threads and can be waited for with
 //! a deadline ([`Child::wait_for_line`]), never with an unbounded read.
 
@@ -191,9 +192,30 @@ impl Child {
     }
 }
 
+/// How many of a child's last output lines a failing test shows.
+const TAIL_ON_PANIC: usize = 200;
+
 impl Drop for Child {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // A test failed while this process ran: what it said is often the reason.
+        if std::thread::panicking() {
+            let out = self.output.0.lock().unwrap_or_else(|e| e.into_inner());
+            for (stream, lines) in [("stdout", &out.stdout), ("stderr", &out.stderr)] {
+                if lines.is_empty() {
+                    continue;
+                }
+                let skip = lines.len().saturating_sub(TAIL_ON_PANIC);
+                eprintln!(
+                    "--- {} {stream} (pid {}, last {} of {} lines) ---\n{}",
+                    self.name,
+                    self.child.id(),
+                    lines.len() - skip,
+                    lines.len(),
+                    lines[skip..].join("\n")
+                );
+            }
+        }
     }
 }
