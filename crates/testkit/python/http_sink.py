@@ -5,13 +5,17 @@ Prints "READY <port>" once listening. Each POST is stored as DIR/<n>.headers (JS
 lower-case header names) and then DIR/<n>.body (the bytes as received), n counting from
 00000001 in arrival order, both written to a temporary name and renamed, and answered 200.
 While FILE exists every POST is answered 503 and not stored (a destination "down" for the
-gateway's retries). One request at a time: arrival order is the order of the files.
+gateway's retries). Each connection has its own thread, as in any real server: an HTTP
+client may open a new connection while its idle keep-alive one is still open, and a server
+that serves one connection at a time would leave that request unanswered. Requests are
+stored one at a time, under a lock: arrival order is the order of the files.
 """
 import argparse
 import json
 import os
 import sys
-from http.server import BaseHTTPRequestHandler, HTTPServer
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 def parse_args():
@@ -26,6 +30,7 @@ def main():
     args = parse_args()
     os.makedirs(args.dir, exist_ok=True)
     count = [0]
+    lock = threading.Lock()
 
     def write(name, data):
         tmp = os.path.join(args.dir, "." + name + ".tmp")
@@ -42,11 +47,12 @@ def main():
             if args.fail_flag and os.path.exists(args.fail_flag):
                 self.answer(503, b"down for the test\n")
                 return
-            count[0] += 1
-            stem = f"{count[0]:08d}"
             headers = {k.lower(): v for k, v in self.headers.items()}
-            write(stem + ".headers", json.dumps(headers).encode())
-            write(stem + ".body", body)
+            with lock:
+                count[0] += 1
+                stem = f"{count[0]:08d}"
+                write(stem + ".headers", json.dumps(headers).encode())
+                write(stem + ".body", body)
             self.answer(200, b"ok\n")
 
         def answer(self, status, text):
@@ -59,7 +65,8 @@ def main():
         def log_message(self, *_):
             pass
 
-    server = HTTPServer(("127.0.0.1", args.port), Handler)
+    server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
+    server.daemon_threads = True
     print(f"READY {server.server_address[1]}", flush=True)
     try:
         server.serve_forever()
