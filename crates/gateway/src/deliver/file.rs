@@ -1,8 +1,9 @@
 //! File destination: one file per message, written to a temporary name, synced, then
-//! renamed, so a reader never sees half a message.
+//! renamed, so a reader never sees half a message. Messages are written in runs that share
+//! their syncs ([`FileSender::send_run`]).
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use causeway_message::Message;
 
@@ -29,19 +30,44 @@ impl FileSender {
         })
     }
 
-    /// One attempt. The write is blocking I/O, so it runs off the async executor.
+    /// One attempt: [`FileSender::send_run`] of one message.
     pub async fn send(&mut self, message: &Outgoing) -> Attempt {
-        let name = self.file_name(message);
+        self.send_run(std::slice::from_ref(message))
+            .await
+            .pop()
+            .unwrap_or_else(|| Attempt::Retry("nothing was written".into()))
+    }
+
+    /// Writes `messages` in order, at most [`MAX_RUN`] (the rest are left alone), and
+    /// returns one attempt per message written and, when one failed, its attempt last:
+    /// the messages after a failure are not attempted.
+    ///
+    /// Every file is written to a temporary name first. Their data is then made durable
+    /// together (on Linux one `syncfs`, one flush of the disk's cache for the whole run;
+    /// elsewhere one `fsync` per file), only then are they renamed, in order, and the
+    /// directory is synced once. So a reader never sees half a message, and a file the
+    /// worker records as delivered survives a crash. One message per run cost two
+    /// flushes per message; a run costs two in all.
+    pub async fn send_run(&mut self, messages: &[Outgoing]) -> Vec<Attempt> {
+        let files: Vec<(String, bytes::Bytes)> = messages
+            .iter()
+            .take(MAX_RUN)
+            .map(|m| (self.file_name(m), m.raw.clone()))
+            .collect();
         let dir = self.directory.clone();
-        let raw = message.raw.clone();
-        let result = tokio::task::spawn_blocking(move || write_atomically(&dir, &name, &raw)).await;
-        match result {
-            Ok(Ok(())) => Attempt::Delivered {
-                code: None,
-                text: None,
-            },
-            Ok(Err(e)) => Attempt::Retry(e),
-            Err(e) => Attempt::Retry(format!("write task failed: {e}")),
+        match tokio::task::spawn_blocking(move || write_run(&dir, &files)).await {
+            Ok((written, failure)) => {
+                let mut attempts = vec![
+                    Attempt::Delivered {
+                        code: None,
+                        text: None,
+                    };
+                    written
+                ];
+                attempts.extend(failure.map(Attempt::Retry));
+                attempts
+            }
+            Err(e) => vec![Attempt::Retry(format!("write task failed: {e}"))],
         }
     }
 
@@ -80,18 +106,70 @@ fn sanitize(s: &str) -> String {
         .collect()
 }
 
-fn write_atomically(dir: &std::path::Path, name: &str, bytes: &[u8]) -> Result<(), String> {
-    let tmp = dir.join(format!(".{name}.tmp"));
-    let target = dir.join(name);
-    let write = || -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &target)?;
-        // The rename itself is durable once the directory is synced.
-        std::fs::File::open(dir)?.sync_all()
+/// Most messages [`FileSender::send_run`] writes at once.
+pub const MAX_RUN: usize = 64;
+
+/// Writes `files` (name, bytes) into `dir` as [`FileSender::send_run`] describes. Returns
+/// how many are durable under their names, and why the next one failed.
+fn write_run(dir: &Path, files: &[(String, bytes::Bytes)]) -> (usize, Option<String>) {
+    // Each file's temporary name holds its place in the run: two messages of one run may
+    // get the same name (a pattern without `{id}`), and the later must win, as it would
+    // have one message at a time.
+    let tmp = |i: usize, name: &str| dir.join(format!(".{name}.{i}.tmp"));
+    let remove = |range: std::ops::Range<usize>| {
+        for i in range {
+            let _ = std::fs::remove_file(tmp(i, &files[i].0));
+        }
     };
-    write().map_err(|e| format!("cannot write {}: {e}", target.display()))
+    let mut failure = None;
+    let mut written = Vec::with_capacity(files.len());
+    for (i, (name, bytes)) in files.iter().enumerate() {
+        let result = std::fs::File::create(tmp(i, name)).and_then(|mut f| {
+            f.write_all(bytes)?;
+            Ok(f)
+        });
+        match result {
+            Ok(f) => written.push(f),
+            Err(e) => {
+                let _ = std::fs::remove_file(tmp(i, name));
+                failure = Some(format!("cannot write {}: {e}", dir.join(name).display()));
+                break;
+            }
+        }
+    }
+    let n = written.len();
+    if let Err(e) = sync_data(&written) {
+        remove(0..n);
+        return (0, Some(format!("cannot sync {}: {e}", dir.display())));
+    }
+    drop(written);
+    let mut renamed = n;
+    for (i, (name, _)) in files[..n].iter().enumerate() {
+        if let Err(e) = std::fs::rename(tmp(i, name), dir.join(name)) {
+            remove(i..n);
+            failure = Some(format!("cannot write {}: {e}", dir.join(name).display()));
+            renamed = i;
+            break;
+        }
+    }
+    if renamed > 0 {
+        // The renames are durable once the directory is synced. If that fails, none of
+        // them is known to be: the head is retried, and the files are written again.
+        if let Err(e) = std::fs::File::open(dir).and_then(|d| d.sync_all()) {
+            return (0, Some(format!("cannot sync {}: {e}", dir.display())));
+        }
+    }
+    (renamed, failure)
+}
+
+/// Makes the data of `files` durable: one `syncfs` of their filesystem on Linux (a flush
+/// of the disk's cache for them all), one `fsync` per file elsewhere.
+fn sync_data(files: &[std::fs::File]) -> std::io::Result<()> {
+    #[cfg(target_os = "linux")]
+    if let Some(first) = files.first() {
+        return rustix::fs::syncfs(first).map_err(std::io::Error::from);
+    }
+    files.iter().try_for_each(std::fs::File::sync_all)
 }
 
 #[cfg(test)]
@@ -122,5 +200,106 @@ mod tests {
         let written = std::fs::read(dir.path().join("adt-ADT_A01-7-C_1.hl7")).unwrap();
         assert_eq!(written, raw);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    fn files(names: &[&str]) -> Vec<(String, bytes::Bytes)> {
+        names
+            .iter()
+            .map(|n| ((*n).to_owned(), bytes::Bytes::from(format!("body of {n}"))))
+            .collect()
+    }
+
+    /// Every name in `dir`, sorted.
+    fn listing(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn a_run_writes_every_file_and_leaves_no_temporary_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = files(&["a.hl7", "b.hl7", "c.hl7"]);
+        assert_eq!(write_run(dir.path(), &run), (3, None));
+        assert_eq!(listing(dir.path()), ["a.hl7", "b.hl7", "c.hl7"]);
+        for (name, body) in &run {
+            assert_eq!(std::fs::read(dir.path().join(name)).unwrap(), body.as_ref());
+        }
+    }
+
+    #[test]
+    fn the_later_of_two_messages_with_one_name_wins_as_one_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = vec![
+            ("same.hl7".to_owned(), bytes::Bytes::from_static(b"first")),
+            ("same.hl7".to_owned(), bytes::Bytes::from_static(b"second")),
+        ];
+        assert_eq!(write_run(dir.path(), &run), (2, None));
+        assert_eq!(listing(dir.path()), ["same.hl7"]);
+        assert_eq!(
+            std::fs::read(dir.path().join("same.hl7")).unwrap(),
+            b"second"
+        );
+    }
+
+    #[test]
+    fn a_file_that_cannot_be_written_ends_the_run_after_those_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        // No file system takes a 300-byte name.
+        let long = format!("{}.hl7", "x".repeat(300));
+        let run = files(&["a.hl7", "b.hl7", &long, "d.hl7"]);
+        let (written, failure) = write_run(dir.path(), &run);
+        assert_eq!(written, 2);
+        assert!(failure.unwrap().starts_with("cannot write"));
+        assert_eq!(
+            listing(dir.path()),
+            ["a.hl7", "b.hl7"],
+            "d.hl7 is not attempted"
+        );
+    }
+
+    #[test]
+    fn a_file_that_cannot_be_renamed_ends_the_run_after_those_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        // A directory where b.hl7 should go: the rename fails.
+        std::fs::create_dir(dir.path().join("b.hl7")).unwrap();
+        let run = files(&["a.hl7", "b.hl7", "c.hl7"]);
+        let (written, failure) = write_run(dir.path(), &run);
+        assert_eq!(written, 1);
+        assert!(failure.unwrap().contains("b.hl7"));
+        assert_eq!(
+            listing(dir.path()),
+            ["a.hl7", "b.hl7"],
+            "no temporary file is left"
+        );
+        assert!(dir.path().join("b.hl7").is_dir());
+    }
+
+    #[tokio::test]
+    async fn send_run_takes_at_most_a_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = FileDestination {
+            directory: dir.path().to_owned(),
+            filename: "{id}.hl7".into(),
+        };
+        let mut sender = FileSender::new(&config, "adt").unwrap();
+        let messages: Vec<Outgoing> = (0..MAX_RUN as i64 + 3)
+            .map(|id| Outgoing {
+                message_id: id,
+                raw: bytes::Bytes::from_static(b"MSH|^~\\&|A||||||ADT^A01|C1|P|2.5\r"),
+                control_id: "C1".into(),
+            })
+            .collect();
+        let attempts = sender.send_run(&messages).await;
+        assert_eq!(attempts.len(), MAX_RUN);
+        assert!(
+            attempts
+                .iter()
+                .all(|a| matches!(a, Attempt::Delivered { .. }))
+        );
+        assert_eq!(listing(dir.path()).len(), MAX_RUN);
     }
 }

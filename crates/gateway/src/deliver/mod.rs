@@ -79,11 +79,25 @@ impl Sender {
         })
     }
 
-    async fn send(&mut self, message: &Outgoing) -> Attempt {
+    /// How many messages one [`Sender::send_run`] takes: a file destination shares its
+    /// syncs among a run of files; MLLP and HTTP send one message at a time.
+    fn run_len(&self) -> usize {
         match self {
-            Sender::Mllp(s) => s.send(message).await,
-            Sender::Http(s) => s.send(message).await,
-            Sender::File(s) => s.send(message).await,
+            Sender::File(_) => file::MAX_RUN,
+            Sender::Mllp(_) | Sender::Http(_) => 1,
+        }
+    }
+
+    /// Sends the first [`Sender::run_len`] of `messages`, in order, stopping at the first
+    /// failure: one attempt per message sent, the failed one last.
+    async fn send_run(&mut self, messages: &[Outgoing]) -> Vec<Attempt> {
+        let Some(first) = messages.first() else {
+            return Vec::new();
+        };
+        match self {
+            Sender::Mllp(s) => vec![s.send(first).await],
+            Sender::Http(s) => vec![s.send(first).await],
+            Sender::File(s) => s.send_run(messages).await,
         }
     }
 }
@@ -208,21 +222,27 @@ impl Worker {
                 }
                 continue;
             }
-            for pending in batch {
+            let mut rest = &batch[..];
+            while !rest.is_empty() {
                 if stop.is_cancelled() || !lease.may_deliver() {
                     break;
                 }
-                if let Some(previous) = lease.take_suspect() {
-                    suspects = Suspects::after_takeover(previous);
+                let (run, after) = rest.split_at(self.sender.run_len().min(rest.len()));
+                for pending in run {
+                    if let Some(previous) = lease.take_suspect() {
+                        let window = (RECORDS_IN_FLIGHT + 1).max(self.sender.run_len());
+                        suspects = Suspects::after_takeover(previous, window);
+                    }
+                    if let Some(previous) = suspects.check(pending) {
+                        warn!(destination = %self.name, message_id = pending.message_id.0, control_id = %pending.control_id, %previous, "possible duplicate: sending one of the queue's first messages after a lease takeover; the previous holder may have sent it before it stopped");
+                        self.metrics.lease_possible_duplicate(&self.name);
+                    }
                 }
-                if let Some(previous) = suspects.check(&pending) {
-                    warn!(destination = %self.name, message_id = pending.message_id.0, control_id = %pending.control_id, %previous, "possible duplicate: sending one of the queue's first messages after a lease takeover; the previous holder may have sent it before it stopped");
-                    self.metrics.lease_possible_duplicate(&self.name);
-                }
-                if !self.attempt(pending, &mut records).await {
-                    // The head failed: nothing behind it goes before its retry time.
+                if !self.attempt(run, &mut records).await {
+                    // A failure: nothing behind it goes before its retry time.
                     break;
                 }
+                rest = after;
             }
         }
         records.flush().await;
@@ -231,38 +251,49 @@ impl Worker {
         info!(destination = %self.name, "delivery worker stopped");
     }
 
-    /// One attempt, its record started; `true` when the queue may move on.
-    async fn attempt(&mut self, pending: PendingDelivery, records: &mut Records) -> bool {
-        let outgoing = Outgoing {
-            message_id: pending.message_id.0,
-            raw: pending.raw.clone(),
-            control_id: pending.control_id.clone(),
-        };
+    /// One attempt for each message of `run` up to the first that failed, their records
+    /// started; `true` when the queue may move on past the whole run.
+    async fn attempt(&mut self, run: &[PendingDelivery], records: &mut Records) -> bool {
+        let outgoing: Vec<Outgoing> = run
+            .iter()
+            .map(|pending| Outgoing {
+                message_id: pending.message_id.0,
+                raw: pending.raw.clone(),
+                control_id: pending.control_id.clone(),
+            })
+            .collect();
         let started = std::time::Instant::now();
-        let attempt = self.sender.send(&outgoing).await;
+        let attempts = self.sender.send_run(&outgoing).await;
         let elapsed = started.elapsed();
-        let (result, moved_on) = settle(
-            &self.policy,
-            &self.metrics,
-            &self.channel,
-            &self.name,
-            "",
-            &pending,
-            &attempt,
-            elapsed,
-        );
-        let tell = (&self.waiters, pending.message_id.0, attempt);
-        records
-            .record(&self.store, &self.name, pending.id, result, Some(tell))
-            .await;
-        moved_on
+        let complete = attempts.len() == run.len();
+        for (pending, attempt) in run.iter().zip(attempts) {
+            let (result, moved_on) = settle(
+                &self.policy,
+                &self.metrics,
+                &self.channel,
+                &self.name,
+                "",
+                pending,
+                &attempt,
+                elapsed,
+            );
+            let tell = (&self.waiters, pending.message_id.0, attempt);
+            records
+                .record(&self.store, &self.name, pending.id, result, Some(tell))
+                .await;
+            if !moved_on {
+                return false;
+            }
+        }
+        complete
     }
 }
 
 /// After a lease takeover: the queue's first messages, which the previous holder may have
 /// sent without recording it. That is the one it had in hand and those whose records were
-/// still in flight ([`RECORDS_IN_FLIGHT`]), so each of the first `RECORDS_IN_FLIGHT + 1`
-/// deliveries sent is logged and counted as a possible duplicate, once.
+/// still in flight ([`RECORDS_IN_FLIGHT`]), or, for a file destination, the whole run it
+/// was writing ([`file::MAX_RUN`]). So each of the first `RECORDS_IN_FLIGHT + 1` (or run
+/// length) deliveries sent is logged and counted as a possible duplicate, once.
 #[derive(Debug, Default)]
 struct Suspects {
     /// The node the lease was taken from.
@@ -274,10 +305,10 @@ struct Suspects {
 }
 
 impl Suspects {
-    fn after_takeover(previous: String) -> Suspects {
+    fn after_takeover(previous: String, window: usize) -> Suspects {
         Suspects {
             previous: Some(previous),
-            left: RECORDS_IN_FLIGHT + 1,
+            left: window,
             last: None,
         }
     }
