@@ -702,7 +702,8 @@ pub struct FileDestination {
     /// Directory to write into (created if missing).
     pub directory: PathBuf,
     /// File name pattern: `{id}` (store id), `{control_id}`, `{type}` (e.g. `ADT_A01`),
-    /// `{channel}`, `{date}` (`YYYYMMDD` of receipt). Default `"{date}-{id}-{control_id}.hl7"`.
+    /// `{channel}`, `{date}` (`YYYYMMDD`, UTC, of the day the file is written: a replay on another
+    /// day gets another name). Default `"{date}-{id}-{control_id}.hl7"`.
     /// Characters outside letters, digits, `-`, `_`, `.` in values become `_`.
     #[serde(default = "default_file_pattern")]
     pub filename: String,
