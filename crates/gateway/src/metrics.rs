@@ -93,8 +93,9 @@ pub struct Metrics {
     /// Leases this node took over from a node (or an earlier run of itself) that had not
     /// released them.
     pub lease_takeovers: Family<QueueLabel, Counter>,
-    /// Queue heads delivered after a takeover that the previous holder may already have
-    /// sent (in flight when it stopped): at most one per takeover.
+    /// Deliveries at the head of a queue sent after a takeover that the previous holder may
+    /// already have sent (in flight, or sent with its record still on the way, when it
+    /// stopped): at most 9 per takeover (a file destination: its run, up to 64).
     pub lease_possible_duplicates: Family<QueueLabel, Counter>,
     /// Always 1, labelled with this node's id (`store.node_id`).
     pub node_info: Family<NodeLabel, Gauge>,
