@@ -369,3 +369,68 @@ impl causeway_mllp::server::Observer for ChannelObserver {
         self.metrics.framing_anomalies.get_or_create(&label).inc();
     }
 }
+
+/// The store's writer at each scrape: batches (group commit), the writes in them, and the
+/// durable writes that made them so, with their time (how long the disk, or the database
+/// server, makes a sender wait for its ACK).
+#[derive(Debug)]
+pub struct StoreCollector {
+    store: std::sync::Arc<dyn causeway_store::Store>,
+}
+
+impl StoreCollector {
+    /// Reports `store`'s writer.
+    pub fn new(store: std::sync::Arc<dyn causeway_store::Store>) -> StoreCollector {
+        StoreCollector { store }
+    }
+}
+
+impl prometheus_client::collector::Collector for StoreCollector {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::counter::ConstCounter;
+        let stats = self.store.writer_stats();
+        let counts = [
+            (
+                "store_batches",
+                "Write batches the store committed (group commit; one durable write may cover several)",
+                stats.commits,
+            ),
+            (
+                "store_batch_writes",
+                "Writes (ingests and others) run in batches; over store_batches, the mean batch",
+                stats.requests,
+            ),
+            (
+                "store_failed_batches",
+                "Write batches that failed (every write in them answered as unavailable)",
+                stats.failed_commits,
+            ),
+            (
+                "store_syncs",
+                "Durable writes: an ingest journal write and sync, a WAL sync, or a PostgreSQL batch transaction",
+                stats.syncs,
+            ),
+        ];
+        for (name, help, value) in counts {
+            let counter = ConstCounter::new(value);
+            counter.encode(encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                counter.metric_type(),
+            )?)?;
+        }
+        let seconds = ConstCounter::new(stats.sync_time.as_secs_f64());
+        seconds.encode(encoder.encode_descriptor(
+            "store_sync_seconds",
+            "Time the durable writes took; over store_syncs, the mean wait for the disk",
+            None,
+            seconds.metric_type(),
+        )?)?;
+        Ok(())
+    }
+}

@@ -125,6 +125,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// All leases, expired ones included, by destination.
     async fn leases(&self) -> Result<Vec<Lease>>;
 
+    /// What the writer has done since the store was opened: batches, durable writes and
+    /// their time (group commit at work, and how long the disk makes callers wait).
+    fn writer_stats(&self) -> crate::WriterStats;
+
     /// `Ok` when the store can commit a write now (for `/readyz`).
     async fn health(&self) -> Result<()>;
 

@@ -121,6 +121,11 @@ impl AppState {
         };
         let mut registry = Registry::default();
         gateway.metrics.register(&mut registry);
+        registry
+            .sub_registry_with_prefix("causeway")
+            .register_collector(Box::new(crate::metrics::StoreCollector::new(
+                gateway.store.clone(),
+            )));
         if let Some(link) = &gateway.link {
             link.metrics.register(&mut registry);
         }

@@ -228,6 +228,21 @@ async fn probes_metrics_and_channels() {
         metrics.text
     );
     assert!(metrics.text.trim_end().ends_with("# EOF"));
+    // The store's writer, read at the scrape: three ingests, each made durable by a timed
+    // sync (one may cover several), none failed.
+    let value = |name: &str| -> f64 {
+        let line = metrics
+            .text
+            .lines()
+            .find(|l| l.starts_with(&format!("{name} ")));
+        line.and_then(|l| l.split(' ').nth(1)?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in\n{}", metrics.text))
+    };
+    assert!(value("causeway_store_batch_writes_total") >= 3.0);
+    assert!(value("causeway_store_batches_total") >= 1.0);
+    assert!(value("causeway_store_syncs_total") >= 1.0);
+    assert!(value("causeway_store_sync_seconds_total") > 0.0);
+    assert_eq!(value("causeway_store_failed_batches_total"), 0.0);
 
     let newest = ids(&h.search(json!({ "limit": 1 })).await)[0];
     h.delivered(newest).await;

@@ -251,11 +251,6 @@ impl PostgresStore {
         })
     }
 
-    /// The writer task's counters.
-    pub fn writer_stats(&self) -> WriterStats {
-        self.counters.stats()
-    }
-
     /// The settings it was opened with.
     pub fn settings(&self) -> &StoreSettings {
         &self.settings
@@ -512,6 +507,10 @@ impl Store for PostgresStore {
 
     async fn queue_stats(&self) -> Result<Vec<DestinationStats>> {
         self.with_conn(|c| Box::pin(ops::queue_stats(c))).await
+    }
+
+    fn writer_stats(&self) -> WriterStats {
+        self.counters.stats()
     }
 
     async fn leases(&self) -> Result<Vec<Lease>> {

@@ -55,6 +55,7 @@ use bytes::Bytes;
 use crate::error::{Result, StoreError};
 use crate::sqlite::writer::Job;
 use crate::types::{MessageStatus, NewMessage, Timestamp};
+use crate::writer_stats::WriterCounters;
 
 /// Marks the start of a record ("CWJ1").
 const MAGIC: u32 = 0x314A_5743;
@@ -498,6 +499,8 @@ pub(super) struct JournalWrite {
 /// What the writer and the journal thread share.
 #[derive(Debug, Default)]
 pub(super) struct JournalShared {
+    /// The store's writer counters (each write and sync is timed).
+    pub counters: Arc<WriterCounters>,
     /// Set when a write or sync failed; the writer then stops using the journal.
     pub failed: AtomicBool,
     /// Batches handed to the journal thread and not yet synced. The writer writes a
@@ -537,10 +540,12 @@ pub(super) fn write_and_sync(
     if shared.failed.load(Ordering::Acquire) {
         return Some("the ingest journal failed earlier".into());
     }
-    let result = batches
-        .iter()
-        .try_for_each(|w| file.write_at(w.offset, &w.bytes))
-        .and_then(|()| file.sync());
+    let result = shared.counters.timed(|| {
+        batches
+            .iter()
+            .try_for_each(|w| file.write_at(w.offset, &w.bytes))
+            .and_then(|()| file.sync())
+    });
     match result {
         Ok(()) => None,
         Err(e) => {

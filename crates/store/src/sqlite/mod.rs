@@ -131,7 +131,7 @@ impl SqliteStore {
         let journal = recovered.map(|(file, generation, seq)| {
             let p = Arc::new(Progress::new(seq));
             progress = Some(Arc::clone(&p));
-            JournalSide::new(file, p, generation, seq, &settings)
+            JournalSide::new(file, p, generation, seq, &settings, Arc::clone(&counters))
         });
         #[cfg(test)]
         let journal_shared = journal.as_ref().map(|j| Arc::clone(&j.shared));
@@ -163,11 +163,6 @@ impl SqliteStore {
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
-    }
-
-    /// The writer thread's counters.
-    pub fn writer_stats(&self) -> WriterStats {
-        self.counters.stats()
     }
 
     /// The settings it was opened with.
@@ -430,6 +425,10 @@ impl Store for SqliteStore {
 
     async fn queue_stats(&self) -> Result<Vec<DestinationStats>> {
         self.read(read::queue_stats).await
+    }
+
+    fn writer_stats(&self) -> WriterStats {
+        self.counters.stats()
     }
 
     async fn leases(&self) -> Result<Vec<Lease>> {

@@ -286,9 +286,13 @@ impl JournalSide {
         generation: u64,
         seq: u64,
         settings: &StoreSettings,
+        counters: Arc<WriterCounters>,
     ) -> Self {
         let file = Arc::new(file);
-        let shared = Arc::new(JournalShared::default());
+        let shared = Arc::new(JournalShared {
+            counters,
+            ..JournalShared::default()
+        });
         let (to_thread, thread) = match journal::spawn(Arc::clone(&file), Arc::clone(&shared)) {
             Ok((tx, handle)) => (Some(tx), Some(handle)),
             Err(e) => {
@@ -719,7 +723,11 @@ impl Writer {
         self.state
             .counters
             .batch(jobs.len(), commit_error.is_none());
-        let batch = Committed { jobs, commit_error };
+        let batch = Committed {
+            jobs,
+            commit_error,
+            counters: Arc::clone(&self.state.counters),
+        };
         // Under load (more requests queued), the sync thread syncs this batch while
         // the writer applies the next one. Otherwise syncing here saves a hand-off.
         match &self.to_syncer {
@@ -769,7 +777,7 @@ impl Writer {
         if let Some(j) = &self.journal {
             j.progress.committed.send_replace(j.seq);
         }
-        if sync && let Err(e) = self.wal.sync_data() {
+        if sync && let Err(e) = self.state.counters.timed(|| self.wal.sync_data()) {
             tracing::error!(error = %e, "store WAL sync failed");
             return Err(CommitError {
                 committed: true,
@@ -935,6 +943,7 @@ const SYNC_QUEUE: usize = 2;
 pub(super) struct Committed {
     jobs: Vec<Box<dyn Job>>,
     commit_error: Option<String>,
+    counters: Arc<WriterCounters>,
 }
 
 impl Committed {
@@ -942,7 +951,7 @@ impl Committed {
     fn sync_and_answer(self, wal: &std::fs::File) {
         let error = match self.commit_error {
             Some(e) => Some(e),
-            None => wal.sync_data().err().map(|e| {
+            None => self.counters.timed(|| wal.sync_data()).err().map(|e| {
                 tracing::error!(error = %e, batch = self.jobs.len(), "store WAL sync failed");
                 format!("sync the write-ahead log: {e}")
             }),

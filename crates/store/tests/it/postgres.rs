@@ -218,6 +218,9 @@ mod server {
             commits * 2 < requests,
             "{commits} commits for {requests} requests: no batching"
         );
+        // Each batch's transaction is one timed durable write.
+        assert_eq!(stats.syncs - before.syncs, commits);
+        assert!(stats.sync_time > before.sync_time);
         assert_eq!(
             backend.query_i64("SELECT COUNT(*) FROM messages"),
             32 * 40,

@@ -139,6 +139,13 @@ mod file {
             commits * 2 < requests,
             "{commits} commits for {requests} requests: no batching"
         );
+        // Every batch was made durable by a timed journal sync, which may cover several.
+        let syncs = stats.syncs - before.syncs;
+        assert!(
+            (1..=commits).contains(&syncs),
+            "{syncs} syncs for {commits} batches"
+        );
+        assert!(stats.sync_time > before.sync_time);
     }
 
     /// A full database fails ingest as Unavailable (the sender gets AE), stores nothing of
