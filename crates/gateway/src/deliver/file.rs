@@ -176,14 +176,19 @@ fn sync_data(files: &[std::fs::File]) -> std::io::Result<()> {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn writes_one_file_per_message() {
+    /// A sender of channel `adt` into a new temporary directory, with names by `pattern`.
+    fn sender(pattern: &str) -> (FileSender, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let config = FileDestination {
             directory: dir.path().to_owned(),
-            filename: "{channel}-{type}-{id}-{control_id}.hl7".into(),
+            filename: pattern.into(),
         };
-        let mut sender = FileSender::new(&config, "adt").unwrap();
+        (FileSender::new(&config, "adt").unwrap(), dir)
+    }
+
+    #[tokio::test]
+    async fn writes_one_file_per_message() {
+        let (mut sender, dir) = sender("{channel}-{type}-{id}-{control_id}.hl7");
         let raw = bytes::Bytes::from_static(b"MSH|^~\\&|A||||||ADT^A01|C/1|P|2.5\r");
         let out = Outgoing {
             message_id: 7,
@@ -280,12 +285,7 @@ mod tests {
 
     #[tokio::test]
     async fn send_run_takes_at_most_a_run() {
-        let dir = tempfile::tempdir().unwrap();
-        let config = FileDestination {
-            directory: dir.path().to_owned(),
-            filename: "{id}.hl7".into(),
-        };
-        let mut sender = FileSender::new(&config, "adt").unwrap();
+        let (mut sender, dir) = sender("{id}.hl7");
         let messages: Vec<Outgoing> = (0..MAX_RUN as i64 + 3)
             .map(|id| Outgoing {
                 message_id: id,
