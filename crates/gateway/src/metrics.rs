@@ -74,7 +74,8 @@ pub struct Metrics {
     pub failed: Family<DestinationLabel, Counter>,
     /// Deliveries given up on.
     pub dead_lettered: Family<DestinationLabel, Counter>,
-    /// Seconds one successful delivery attempt took.
+    /// Seconds one successful delivery attempt took (a file run's time is shared by its
+    /// files).
     pub delivery_seconds: Family<DestinationLabel, Histogram>,
     /// Deliveries waiting per destination (updated every few seconds from the store).
     pub queue_depth: Family<QueueLabel, Gauge>,
@@ -202,7 +203,7 @@ impl Metrics {
         );
         r.register(
             "delivery_seconds",
-            "Duration of successful delivery attempts",
+            "Duration of successful delivery attempts (a file destination's run: each file's share)",
             self.delivery_seconds.clone(),
         );
         r.register(
@@ -401,7 +402,7 @@ impl prometheus_client::collector::Collector for StoreCollector {
             ),
             (
                 "store_batch_writes",
-                "Writes (ingests and others) run in batches; over store_batches, the mean batch",
+                "Writes (ingests and others) run in batches; over causeway_store_batches_total, the mean batch",
                 stats.requests,
             ),
             (
@@ -411,7 +412,7 @@ impl prometheus_client::collector::Collector for StoreCollector {
             ),
             (
                 "store_syncs",
-                "Durable writes: an ingest journal write and sync, a WAL sync, or a PostgreSQL batch transaction",
+                "Durable writes, failed ones included: an ingest journal write and sync, a WAL sync, or a PostgreSQL batch transaction",
                 stats.syncs,
             ),
         ];
@@ -427,7 +428,7 @@ impl prometheus_client::collector::Collector for StoreCollector {
         let seconds = ConstCounter::new(stats.sync_time.as_secs_f64());
         seconds.encode(encoder.encode_descriptor(
             "store_sync_seconds",
-            "Time the durable writes took; over store_syncs, the mean wait for the disk",
+            "Time the durable writes took; over causeway_store_syncs_total, the mean wait for the disk",
             None,
             seconds.metric_type(),
         )?)?;

@@ -43,8 +43,8 @@ impl FileSender {
     /// the messages after a failure are not attempted.
     ///
     /// Every file is written to a temporary name first. Their data is then made durable
-    /// together (on Linux one `syncfs`, one flush of the disk's cache for the whole run;
-    /// elsewhere one `fsync` per file), only then are they renamed, in order, and the
+    /// together (on Linux 5.8 and later one `syncfs`, one flush of the disk's cache for the
+    /// whole run; elsewhere one `fsync` per file), only then are they renamed, in order, and the
     /// directory is synced once. So a reader never sees half a message, and a file the
     /// worker records as delivered survives a crash. One message per run cost two
     /// flushes per message; a run costs two in all.
@@ -112,26 +112,37 @@ pub const MAX_RUN: usize = 64;
 /// Writes `files` (name, bytes) into `dir` as [`FileSender::send_run`] describes. Returns
 /// how many are durable under their names, and why the next one failed.
 fn write_run(dir: &Path, files: &[(String, bytes::Bytes)]) -> (usize, Option<String>) {
-    // Each file's temporary name holds its place in the run: two messages of one run may
-    // get the same name (a pattern without `{id}`), and the later must win, as it would
-    // have one message at a time.
-    let tmp = |i: usize, name: &str| dir.join(format!(".{name}.{i}.tmp"));
+    // A file's temporary name is its name's, as it was one message at a time, so a retry
+    // after a crash writes over what the crash left. Only a name already taken in this
+    // run (the same message queued twice, by a replay) gets its place added: the later
+    // must win, as it would have one at a time.
+    let tmps: Vec<PathBuf> = files
+        .iter()
+        .enumerate()
+        .map(|(i, (name, _))| {
+            if files[..i].iter().any(|(earlier, _)| earlier == name) {
+                dir.join(format!(".{name}.{i}.tmp"))
+            } else {
+                dir.join(format!(".{name}.tmp"))
+            }
+        })
+        .collect();
     let remove = |range: std::ops::Range<usize>| {
-        for i in range {
-            let _ = std::fs::remove_file(tmp(i, &files[i].0));
+        for tmp in &tmps[range] {
+            let _ = std::fs::remove_file(tmp);
         }
     };
     let mut failure = None;
     let mut written = Vec::with_capacity(files.len());
     for (i, (name, bytes)) in files.iter().enumerate() {
-        let result = std::fs::File::create(tmp(i, name)).and_then(|mut f| {
+        let result = std::fs::File::create(&tmps[i]).and_then(|mut f| {
             f.write_all(bytes)?;
             Ok(f)
         });
         match result {
             Ok(f) => written.push(f),
             Err(e) => {
-                let _ = std::fs::remove_file(tmp(i, name));
+                let _ = std::fs::remove_file(&tmps[i]);
                 failure = Some(format!("cannot write {}: {e}", dir.join(name).display()));
                 break;
             }
@@ -145,7 +156,7 @@ fn write_run(dir: &Path, files: &[(String, bytes::Bytes)]) -> (usize, Option<Str
     drop(written);
     let mut renamed = n;
     for (i, (name, _)) in files[..n].iter().enumerate() {
-        if let Err(e) = std::fs::rename(tmp(i, name), dir.join(name)) {
+        if let Err(e) = std::fs::rename(&tmps[i], dir.join(name)) {
             remove(i..n);
             failure = Some(format!("cannot write {}: {e}", dir.join(name).display()));
             renamed = i;
@@ -162,14 +173,40 @@ fn write_run(dir: &Path, files: &[(String, bytes::Bytes)]) -> (usize, Option<Str
     (renamed, failure)
 }
 
-/// Makes the data of `files` durable: one `syncfs` of their filesystem on Linux (a flush
-/// of the disk's cache for them all), one `fsync` per file elsewhere.
+/// Makes the data of `files` durable: one `syncfs` of their file system (a flush of the
+/// disk's cache for them all) on Linux 5.8 and later, one `fsync` per file elsewhere.
+/// Before 5.8, `syncfs` did not report a failed writeback, and a file could be recorded as
+/// delivered that never reached the disk.
 fn sync_data(files: &[std::fs::File]) -> std::io::Result<()> {
     #[cfg(target_os = "linux")]
-    if let Some(first) = files.first() {
+    if let Some(first) = files.first()
+        && syncfs_reports_errors()
+    {
         return rustix::fs::syncfs(first).map_err(std::io::Error::from);
     }
     files.iter().try_for_each(std::fs::File::sync_all)
+}
+
+/// Whether this kernel's `syncfs` reports writeback errors (Linux 5.8 and later); `false`
+/// when its release cannot be read.
+#[cfg(target_os = "linux")]
+fn syncfs_reports_errors() -> bool {
+    static REPORTS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *REPORTS.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .is_ok_and(|release| release_at_least(&release, (5, 8)))
+    })
+}
+
+/// Whether a kernel release such as `6.8.0-45-generic` is `min` (major, minor) or later.
+#[cfg(any(target_os = "linux", test))]
+fn release_at_least(release: &str, min: (u32, u32)) -> bool {
+    let mut parts = release.trim().split(['.', '-']);
+    let mut number = || parts.next().and_then(|p| p.parse::<u32>().ok());
+    match (number(), number()) {
+        (Some(major), Some(minor)) => (major, minor) >= min,
+        _ => false,
+    }
 }
 
 #[cfg(test)]
@@ -301,5 +338,23 @@ mod tests {
                 .all(|a| matches!(a, Attempt::Delivered { .. }))
         );
         assert_eq!(listing(dir.path()).len(), MAX_RUN);
+    }
+
+    #[test]
+    fn kernel_releases() {
+        assert!(release_at_least("6.8.0-45-generic", (5, 8)));
+        assert!(release_at_least("5.8.0", (5, 8)));
+        assert!(release_at_least("5.10.226-214.880.amzn2.x86_64", (5, 8)));
+        assert!(!release_at_least("5.4.0-196-generic", (5, 8)));
+        assert!(!release_at_least("4.18.0-553.el8_10.x86_64", (5, 8)));
+        assert!(!release_at_least("garbage", (5, 8)));
+    }
+
+    #[test]
+    fn a_retry_writes_over_the_temporary_file_a_crash_left() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(".a.hl7.tmp"), b"half of a").unwrap();
+        assert_eq!(write_run(dir.path(), &files(&["a.hl7"])), (1, None));
+        assert_eq!(listing(dir.path()), ["a.hl7"]);
     }
 }

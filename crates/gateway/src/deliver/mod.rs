@@ -164,6 +164,11 @@ pub struct Worker {
 const POLL: Duration = Duration::from_millis(500);
 /// How many deliveries one store read fetches.
 const BATCH: usize = 64;
+// One read is at most one file run, and the worker waits for every record before the next
+// read: so what a takeover may repeat is one run, or the records in flight and the message
+// in hand ([`Suspects`]). A larger read would let a second run go out while the first
+// one's records are on their way.
+const _: () = assert!(BATCH <= file::MAX_RUN);
 /// How many attempt records may be on their way to the store while the worker sends the
 /// next messages (see [`Records`]).
 const RECORDS_IN_FLIGHT: usize = 8;
@@ -228,17 +233,11 @@ impl Worker {
                     break;
                 }
                 let (run, after) = rest.split_at(self.sender.run_len().min(rest.len()));
-                for pending in run {
-                    if let Some(previous) = lease.take_suspect() {
-                        let window = (RECORDS_IN_FLIGHT + 1).max(self.sender.run_len());
-                        suspects = Suspects::after_takeover(previous, window);
-                    }
-                    if let Some(previous) = suspects.check(pending) {
-                        warn!(destination = %self.name, message_id = pending.message_id.0, control_id = %pending.control_id, %previous, "possible duplicate: sending one of the queue's first messages after a lease takeover; the previous holder may have sent it before it stopped");
-                        self.metrics.lease_possible_duplicate(&self.name);
-                    }
+                if let Some(previous) = lease.take_suspect() {
+                    let window = (RECORDS_IN_FLIGHT + 1).max(self.sender.run_len());
+                    suspects = Suspects::after_takeover(previous, window);
                 }
-                if !self.attempt(run, &mut records).await {
+                if !self.attempt(run, &mut records, &mut suspects).await {
                     // A failure: nothing behind it goes before its retry time.
                     break;
                 }
@@ -252,8 +251,14 @@ impl Worker {
     }
 
     /// One attempt for each message of `run` up to the first that failed, their records
-    /// started; `true` when the queue may move on past the whole run.
-    async fn attempt(&mut self, run: &[PendingDelivery], records: &mut Records) -> bool {
+    /// started; `true` when the queue may move on past the whole run. Each message sent
+    /// that the previous holder of the lease may have sent too is flagged (`suspects`).
+    async fn attempt(
+        &mut self,
+        run: &[PendingDelivery],
+        records: &mut Records,
+        suspects: &mut Suspects,
+    ) -> bool {
         let outgoing: Vec<Outgoing> = run
             .iter()
             .map(|pending| Outgoing {
@@ -264,9 +269,14 @@ impl Worker {
             .collect();
         let started = std::time::Instant::now();
         let attempts = self.sender.send_run(&outgoing).await;
-        let elapsed = started.elapsed();
+        // A file run's time is shared by its files: each gets its share.
+        let elapsed = started.elapsed() / u32::try_from(attempts.len().max(1)).unwrap_or(1);
         let complete = attempts.len() == run.len();
         for (pending, attempt) in run.iter().zip(attempts) {
+            if let Some(previous) = suspects.check(pending) {
+                warn!(destination = %self.name, message_id = pending.message_id.0, control_id = %pending.control_id, %previous, "possible duplicate: sent one of the queue's first messages after a lease takeover; the previous holder may have sent it before it stopped");
+                self.metrics.lease_possible_duplicate(&self.name);
+            }
             let (result, moved_on) = settle(
                 &self.policy,
                 &self.metrics,
@@ -292,8 +302,9 @@ impl Worker {
 /// After a lease takeover: the queue's first messages, which the previous holder may have
 /// sent without recording it. That is the one it had in hand and those whose records were
 /// still in flight ([`RECORDS_IN_FLIGHT`]), or, for a file destination, the whole run it
-/// was writing ([`file::MAX_RUN`]). So each of the first `RECORDS_IN_FLIGHT + 1` (or run
-/// length) deliveries sent is logged and counted as a possible duplicate, once.
+/// was writing or recording ([`file::MAX_RUN`]). So each of the first
+/// `RECORDS_IN_FLIGHT + 1` (or run length) deliveries sent is logged and counted as a
+/// possible duplicate, once.
 #[derive(Debug, Default)]
 struct Suspects {
     /// The node the lease was taken from.
