@@ -32,7 +32,7 @@ impl FileSender {
 
     /// One attempt: [`FileSender::send_run`] of one message.
     pub async fn send(&mut self, message: &Outgoing) -> Attempt {
-        self.send_run(std::slice::from_ref(message))
+        self.send_run(std::slice::from_ref(message), || true)
             .await
             .pop()
             .unwrap_or_else(|| Attempt::Retry("nothing was written".into()))
@@ -48,14 +48,23 @@ impl FileSender {
     /// directory is synced once. So a reader never sees half a message, and a file the
     /// worker records as delivered survives a crash. One message per run cost two
     /// flushes per message; a run costs two in all.
-    pub async fn send_run(&mut self, messages: &[Outgoing]) -> Vec<Attempt> {
+    ///
+    /// `still_ours` is asked once the data is durable, before the first rename: when it
+    /// says no (the delivery lease was lost meanwhile), the temporary files are removed
+    /// and nothing is attempted, so a node that lost its lease during a slow sync does not
+    /// write over the new holder's files.
+    pub async fn send_run(
+        &mut self,
+        messages: &[Outgoing],
+        still_ours: impl Fn() -> bool + Send + 'static,
+    ) -> Vec<Attempt> {
         let files: Vec<(String, bytes::Bytes)> = messages
             .iter()
             .take(MAX_RUN)
             .map(|m| (self.file_name(m), m.raw.clone()))
             .collect();
         let dir = self.directory.clone();
-        match tokio::task::spawn_blocking(move || write_run(&dir, &files)).await {
+        match tokio::task::spawn_blocking(move || write_run(&dir, &files, &still_ours)).await {
             Ok((written, failure)) => {
                 let mut attempts = vec![
                     Attempt::Delivered {
@@ -111,7 +120,11 @@ pub const MAX_RUN: usize = 64;
 
 /// Writes `files` (name, bytes) into `dir` as [`FileSender::send_run`] describes. Returns
 /// how many are durable under their names, and why the next one failed.
-fn write_run(dir: &Path, files: &[(String, bytes::Bytes)]) -> (usize, Option<String>) {
+fn write_run(
+    dir: &Path,
+    files: &[(String, bytes::Bytes)],
+    still_ours: &dyn Fn() -> bool,
+) -> (usize, Option<String>) {
     // A file's temporary name is its name's, as it was one message at a time, so a retry
     // after a crash writes over what the crash left. Only a name already taken in this
     // run (the same message queued twice, by a replay) gets its place added: the later
@@ -154,6 +167,10 @@ fn write_run(dir: &Path, files: &[(String, bytes::Bytes)]) -> (usize, Option<Str
         return (0, Some(format!("cannot sync {}: {e}", dir.display())));
     }
     drop(written);
+    if !still_ours() {
+        remove(0..n);
+        return (0, None);
+    }
     let mut renamed = n;
     for (i, (name, _)) in files[..n].iter().enumerate() {
         if let Err(e) = std::fs::rename(&tmps[i], dir.join(name)) {
@@ -265,7 +282,7 @@ mod tests {
     fn a_run_writes_every_file_and_leaves_no_temporary_one() {
         let dir = tempfile::tempdir().unwrap();
         let run = files(&["a.hl7", "b.hl7", "c.hl7"]);
-        assert_eq!(write_run(dir.path(), &run), (3, None));
+        assert_eq!(write_run(dir.path(), &run, &|| true), (3, None));
         assert_eq!(listing(dir.path()), ["a.hl7", "b.hl7", "c.hl7"]);
         for (name, body) in &run {
             assert_eq!(std::fs::read(dir.path().join(name)).unwrap(), body.as_ref());
@@ -279,7 +296,7 @@ mod tests {
             ("same.hl7".to_owned(), bytes::Bytes::from_static(b"first")),
             ("same.hl7".to_owned(), bytes::Bytes::from_static(b"second")),
         ];
-        assert_eq!(write_run(dir.path(), &run), (2, None));
+        assert_eq!(write_run(dir.path(), &run, &|| true), (2, None));
         assert_eq!(listing(dir.path()), ["same.hl7"]);
         assert_eq!(
             std::fs::read(dir.path().join("same.hl7")).unwrap(),
@@ -293,7 +310,7 @@ mod tests {
         // No file system takes a 300-byte name.
         let long = format!("{}.hl7", "x".repeat(300));
         let run = files(&["a.hl7", "b.hl7", &long, "d.hl7"]);
-        let (written, failure) = write_run(dir.path(), &run);
+        let (written, failure) = write_run(dir.path(), &run, &|| true);
         assert_eq!(written, 2);
         assert!(failure.unwrap().starts_with("cannot write"));
         assert_eq!(
@@ -309,7 +326,7 @@ mod tests {
         // A directory where b.hl7 should go: the rename fails.
         std::fs::create_dir(dir.path().join("b.hl7")).unwrap();
         let run = files(&["a.hl7", "b.hl7", "c.hl7"]);
-        let (written, failure) = write_run(dir.path(), &run);
+        let (written, failure) = write_run(dir.path(), &run, &|| true);
         assert_eq!(written, 1);
         assert!(failure.unwrap().contains("b.hl7"));
         assert_eq!(
@@ -330,7 +347,7 @@ mod tests {
                 control_id: "C1".into(),
             })
             .collect();
-        let attempts = sender.send_run(&messages).await;
+        let attempts = sender.send_run(&messages, || true).await;
         assert_eq!(attempts.len(), MAX_RUN);
         assert!(
             attempts
@@ -354,7 +371,18 @@ mod tests {
     fn a_retry_writes_over_the_temporary_file_a_crash_left() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(".a.hl7.tmp"), b"half of a").unwrap();
-        assert_eq!(write_run(dir.path(), &files(&["a.hl7"])), (1, None));
+        assert_eq!(
+            write_run(dir.path(), &files(&["a.hl7"]), &|| true),
+            (1, None)
+        );
         assert_eq!(listing(dir.path()), ["a.hl7"]);
+    }
+
+    #[test]
+    fn a_run_whose_lease_was_lost_meanwhile_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = files(&["a.hl7", "b.hl7"]);
+        assert_eq!(write_run(dir.path(), &run, &|| false), (0, None));
+        assert!(listing(dir.path()).is_empty(), "{:?}", listing(dir.path()));
     }
 }

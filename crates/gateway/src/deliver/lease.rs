@@ -117,6 +117,25 @@ impl Shared {
     }
 }
 
+/// Whether this node may still deliver for a destination, as [`LeaseKeeper::may_deliver`]
+/// tells, from anywhere: a file destination asks again before it makes a run's files
+/// visible, since writing and syncing them can take long.
+#[derive(Debug, Clone)]
+pub struct LeaseCheck {
+    shared: Arc<Shared>,
+    margin: Duration,
+}
+
+impl LeaseCheck {
+    /// True when this node holds the lease with more than a renewal interval left.
+    pub fn may_deliver(&self) -> bool {
+        self.shared.with(|s| {
+            s.held_until
+                .is_some_and(|until| Instant::now() + self.margin < until)
+        })
+    }
+}
+
 /// Keeps one destination's lease for this node; see the module docs.
 #[derive(Debug)]
 pub struct LeaseKeeper {
@@ -155,11 +174,15 @@ impl LeaseKeeper {
     /// True when this node holds the lease with more than a renewal interval left: an
     /// attempt may start.
     pub fn may_deliver(&self) -> bool {
-        let margin = self.settings.renew_every();
-        self.shared.with(|s| {
-            s.held_until
-                .is_some_and(|until| Instant::now() + margin < until)
-        })
+        self.check().may_deliver()
+    }
+
+    /// [`LeaseKeeper::may_deliver`] for code that runs elsewhere (a blocking task).
+    pub fn check(&self) -> LeaseCheck {
+        LeaseCheck {
+            shared: Arc::clone(&self.shared),
+            margin: self.settings.renew_every(),
+        }
     }
 
     /// Waits until the lease is taken, `max` passes or `stop` is cancelled.

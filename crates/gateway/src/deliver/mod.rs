@@ -90,14 +90,15 @@ impl Sender {
 
     /// Sends the first [`Sender::run_len`] of `messages`, in order, stopping at the first
     /// failure: one attempt per message sent, the failed one last.
-    async fn send_run(&mut self, messages: &[Outgoing]) -> Vec<Attempt> {
+    /// A file run asks `lease` again before it makes its files visible.
+    async fn send_run(&mut self, messages: &[Outgoing], lease: lease::LeaseCheck) -> Vec<Attempt> {
         let Some(first) = messages.first() else {
             return Vec::new();
         };
         match self {
             Sender::Mllp(s) => vec![s.send(first).await],
             Sender::Http(s) => vec![s.send(first).await],
-            Sender::File(s) => s.send_run(messages).await,
+            Sender::File(s) => s.send_run(messages, move || lease.may_deliver()).await,
         }
     }
 }
@@ -237,7 +238,10 @@ impl Worker {
                     let window = (RECORDS_IN_FLIGHT + 1).max(self.sender.run_len());
                     suspects = Suspects::after_takeover(previous, window);
                 }
-                if !self.attempt(run, &mut records, &mut suspects).await {
+                if !self
+                    .attempt(run, lease.check(), &mut records, &mut suspects)
+                    .await
+                {
                     // A failure: nothing behind it goes before its retry time.
                     break;
                 }
@@ -250,12 +254,14 @@ impl Worker {
         info!(destination = %self.name, "delivery worker stopped");
     }
 
-    /// One attempt for each message of `run` up to the first that failed, their records
-    /// started; `true` when the queue may move on past the whole run. Each message sent
+    /// One attempt for each message of `run` up to the first that failed (none when a file
+    /// run found its lease lost before it made its files visible), their records started;
+    /// `true` when the queue may move on past the whole run. Each message sent
     /// that the previous holder of the lease may have sent too is flagged (`suspects`).
     async fn attempt(
         &mut self,
         run: &[PendingDelivery],
+        lease: lease::LeaseCheck,
         records: &mut Records,
         suspects: &mut Suspects,
     ) -> bool {
@@ -268,7 +274,7 @@ impl Worker {
             })
             .collect();
         let started = std::time::Instant::now();
-        let attempts = self.sender.send_run(&outgoing).await;
+        let attempts = self.sender.send_run(&outgoing, lease).await;
         // A file run's time is shared by its files: each gets its share.
         let elapsed = started.elapsed() / u32::try_from(attempts.len().max(1)).unwrap_or(1);
         let complete = attempts.len() == run.len();
