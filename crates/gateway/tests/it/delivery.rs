@@ -6,27 +6,21 @@ use std::time::Duration;
 use causeway_message::ack::AckCode;
 use causeway_mllp::client::{Client, ClientSettings};
 
-use crate::support::{accept_all, adt, receiver, start};
+use crate::support::{accept_all, adt, adt_channel, receiver, start};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_message_is_sent_once_and_in_order() {
     let lab = receiver(accept_all).await;
     let (lab, arrived) = (lab.addr, lab.arrived);
     let (gateway, running, _dir) = start(|_| {
-        format!(
+        adt_channel(&format!(
             r#"
-[admin]
-disabled = true
-[[channel]]
-name = "adt"
-[channel.source]
-bind = "127.0.0.1:0"
 [[channel.destination]]
 name = "lab"
 type = "mllp"
 to = "{lab}"
 "#
-        )
+        ))
     })
     .await;
     let addr = gateway.listening["adt"].to_string();
@@ -98,14 +92,8 @@ async fn a_file_run_stops_at_a_file_that_cannot_be_written() {
         // A directory where C3's file should go (a new store numbers the messages from 1):
         // its rename fails until the directory is removed.
         std::fs::create_dir_all(outbox.join("3-C3.hl7")).unwrap();
-        format!(
+        adt_channel(&format!(
             r#"
-[admin]
-disabled = true
-[[channel]]
-name = "adt"
-[channel.source]
-bind = "127.0.0.1:0"
 [[channel.destination]]
 name = "files"
 type = "file"
@@ -115,7 +103,7 @@ retry_initial = "20ms"
 retry_max = "100ms"
 "#,
             outbox.display()
-        )
+        ))
     })
     .await;
     let mut client = Client::new(

@@ -81,3 +81,11 @@ pub async fn start(
     let (gateway, running) = causeway_gateway::Gateway::start(config).await.unwrap();
     (gateway, running, dir)
 }
+
+/// A gateway's TOML after `[store]`: admin API off, one channel `adt` listening on a free
+/// loopback port, then `destinations` (its `[[channel.destination]]` tables).
+pub fn adt_channel(destinations: &str) -> String {
+    format!(
+        "[admin]\ndisabled = true\n[[channel]]\nname = \"adt\"\n[channel.source]\nbind = \"127.0.0.1:0\"\n{destinations}"
+    )
+}
