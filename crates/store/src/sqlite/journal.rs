@@ -506,6 +506,23 @@ pub(super) struct JournalShared {
     /// Batches handed to the journal thread and not yet synced. The writer writes a
     /// batch itself only when this is zero, so records still reach the file in order.
     pub in_flight: AtomicUsize,
+    /// Tests: how many more batches go to the journal thread even when the writer would
+    /// sync them itself (which path a batch takes otherwise depends on timing).
+    #[cfg(test)]
+    pub force_thread: AtomicUsize,
+}
+
+impl JournalShared {
+    /// Whether the next batch must go to the journal thread (tests only).
+    pub(super) fn forced_to_thread(&self) -> bool {
+        #[cfg(test)]
+        return self
+            .force_thread
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+            .is_ok();
+        #[cfg(not(test))]
+        false
+    }
 }
 
 /// Writes and syncs what the writer sends, in order, answering each batch's callers

@@ -326,14 +326,18 @@ impl JournalSide {
     /// When the writer has nothing else `queued` and the thread nothing in hand, the writer
     /// writes and syncs the batch itself: waking the thread and being answered by it are two
     /// hand-offs between threads, and at one sender those cost about as much as the sync.
-    /// (Also when the thread is gone: it panicked, or never started.) True when it synced
-    /// here.
-    fn submit(&self, write: JournalWrite, queued: bool) -> bool {
+    /// (Also when the thread is gone: it panicked, or never started.) Those are counted
+    /// in `journal_syncs_on_writer`.
+    fn submit(&self, write: JournalWrite, queued: bool) {
         let write = match &self.to_thread {
-            Some(to) if queued || self.shared.in_flight.load(Ordering::Acquire) > 0 => {
+            Some(to)
+                if queued
+                    || self.shared.in_flight.load(Ordering::Acquire) > 0
+                    || self.shared.forced_to_thread() =>
+            {
                 self.shared.in_flight.fetch_add(1, Ordering::AcqRel);
                 match to.send(write) {
-                    Ok(()) => return false,
+                    Ok(()) => return,
                     Err(std::sync::mpsc::SendError(write)) => {
                         self.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
                         write
@@ -343,10 +347,12 @@ impl JournalSide {
             _ => write,
         };
         let error = journal::write_and_sync(&self.file, &self.shared, std::slice::from_ref(&write));
+        // Counted before anyone is answered: a caller that reads the counters after its
+        // answer sees its own batch.
+        self.shared.counters.journal_sync_on_writer();
         for job in write.jobs {
             job.finish(error.as_deref());
         }
-        true
     }
 
     /// Stops the journal thread after it has answered everything sent to it.
@@ -711,9 +717,7 @@ impl Writer {
         j.offset += records.len() as u64;
         self.tx.batches.push(records);
         self.tx.messages += seq.saturating_sub(before) as usize;
-        if j.submit(write, !self.rx.is_empty()) {
-            self.state.counters.journal_sync_on_writer();
-        }
+        j.submit(write, !self.rx.is_empty());
     }
 
     /// Commits the open transaction with this batch in it and answers the batch once the
