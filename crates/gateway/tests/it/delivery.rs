@@ -33,13 +33,7 @@ to = "{lab}"
         senders.push(tokio::spawn(async move {
             let mut client = Client::new(addr, ClientSettings::default());
             for n in 0..EACH {
-                let reply = client
-                    .send(&adt(&format!("S{s}-{n:04}")))
-                    .await
-                    .unwrap()
-                    .reply
-                    .unwrap();
-                assert_eq!(reply.code, AckCode::AA);
+                send_acked(&mut client, &format!("S{s}-{n:04}")).await;
             }
         }));
     }
@@ -111,13 +105,7 @@ retry_max = "100ms"
         ClientSettings::default(),
     );
     for n in 1..=6 {
-        let reply = client
-            .send(&adt(&format!("C{n}")))
-            .await
-            .unwrap()
-            .reply
-            .unwrap();
-        assert_eq!(reply.code, AckCode::AA);
+        send_acked(&mut client, &format!("C{n}")).await;
     }
     let name = |n: usize| format!("{n}-C{n}.hl7");
     let is_file = |n: usize| outbox.join(name(n)).is_file();
@@ -150,4 +138,10 @@ async fn wait_for(what: &str, done: impl Fn() -> bool) {
         assert!(tokio::time::Instant::now() < deadline, "{what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Sends `adt(id)` and expects its AA.
+async fn send_acked(client: &mut Client, id: &str) {
+    let reply = client.send(&adt(id)).await.unwrap().reply.unwrap();
+    assert_eq!(reply.code, AckCode::AA, "{id}");
 }
