@@ -373,6 +373,14 @@ impl Client {
         }
     }
 
+    /// Drops the connection at once, without a TLS close_notify. For a caller that gave up
+    /// on a [`Client::send`] before it finished (dropped its future): the stream's state is
+    /// unknown then (half a frame written, or a late ACK on its way), so the next send must
+    /// start on a fresh connection.
+    pub fn disconnect(&mut self) {
+        self.conn = None;
+    }
+
     /// Sends one message and waits for its acknowledgement.
     ///
     /// `Ok` means an ACK for this very message arrived; look at

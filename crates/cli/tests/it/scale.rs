@@ -137,6 +137,8 @@ struct NodeConfig {
     schema: String,
     lease_timeout: &'static str,
     destinations: Vec<(&'static str, u16)>,
+    /// The MLLP destinations' `ack_timeout`.
+    ack_timeout: &'static str,
 }
 
 impl NodeConfig {
@@ -152,7 +154,8 @@ impl NodeConfig {
             text.push_str(&format!(
                 "[[channel.destination]]\nname = \"{name}\"\ntype = \"mllp\"\n\
                  to = \"127.0.0.1:{port}\"\nretry_initial = \"50ms\"\nretry_max = \"500ms\"\n\
-                 ack_timeout = \"5s\"\nconnect_timeout = \"2s\"\n\n"
+                 ack_timeout = \"{}\"\nconnect_timeout = \"2s\"\n\n",
+                self.ack_timeout
             ));
         }
         text
@@ -306,6 +309,7 @@ fn three_nodes_one_database_kill_and_restart() {
             ("lab", lab_port.parse().unwrap()),
             ("billing", billing_port.parse().unwrap()),
         ],
+        ack_timeout: "5s",
     };
     let mut nodes: Vec<Option<Node>> = (1..=3)
         .map(|n| Some(Node::first_start(d, &config(n))))
@@ -440,6 +444,7 @@ fn database_outage_gets_ae_and_recovers() {
         schema: db.name.clone(),
         lease_timeout: "3s",
         destinations: vec![("lab", lab_port.parse().unwrap())],
+        ack_timeout: "5s",
     };
     let mut node = Node::first_start(d, &config);
     assert_eq!(node.get("/readyz").unwrap().0, 200);
@@ -662,6 +667,7 @@ fn node_cut_off_from_the_database_hands_its_destination_over() {
         schema: db.name.clone(),
         lease_timeout: "3s",
         destinations: vec![("lab", lab_port.parse().unwrap())],
+        ack_timeout: "5s",
     };
     // The cut-off node starts first, so it takes the lease.
     let mut a = Node::first_start(d, &config("cut", via(&db.url, cable.addr())));
@@ -722,4 +728,124 @@ fn node_cut_off_from_the_database_hands_its_destination_over() {
     );
     assert!(a.child.terminate(Duration::from_secs(40)).success());
     assert!(b.child.terminate(Duration::from_secs(40)).success());
+}
+
+/// One connection to [`Silent`]: when its first frame arrived and when it closed.
+type SilentConn = (Option<Instant>, Option<Instant>);
+
+/// A destination that takes messages and never answers. Records when each connection's
+/// first frame arrived and when the connection closed, in order of connection.
+struct Silent {
+    addr: SocketAddr,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<SilentConn>>>,
+}
+
+impl Silent {
+    fn start() -> Silent {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let conns = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let all = conns.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                let i = {
+                    let mut c = all.lock().unwrap();
+                    c.push((None, None));
+                    c.len() - 1
+                };
+                let all = all.clone();
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 4096];
+                    loop {
+                        match std::io::Read::read(&mut stream, &mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => {
+                                if buf[..n].contains(&0x1c) {
+                                    let mut c = all.lock().unwrap();
+                                    c[i].0.get_or_insert_with(Instant::now);
+                                }
+                            }
+                        }
+                    }
+                    all.lock().unwrap()[i].1 = Some(Instant::now());
+                });
+            }
+        });
+        Silent { addr, conns }
+    }
+
+    fn conns(&self) -> Vec<SilentConn> {
+        self.conns.lock().unwrap().clone()
+    }
+}
+
+/// A node cut off from the database while it waits for a destination's ACK (the ACK wait
+/// is longer than the lease): it abandons that send when its lease runs out, so its
+/// connection is closed before the node that takes the lease over sends anything. The
+/// two nodes never have the destination's queue in flight at the same time.
+#[test]
+fn a_send_waiting_for_its_ack_ends_with_the_lease() {
+    let db = Schema::new();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let lab = Silent::start();
+    let cable = Relay::start(vec![server_addr(&db.url)]);
+    let config = |id: &str, url: String| NodeConfig {
+        node_id: id.to_owned(),
+        url,
+        schema: db.name.clone(),
+        lease_timeout: "3s",
+        destinations: vec![("lab", lab.addr.port())],
+        ack_timeout: "60s",
+    };
+    let a = Node::first_start(d, &config("cut", via(&db.url, cable.addr())));
+    wait_until(WAIT, || {
+        (a.leases().get("lab").map(|(n, _)| n.as_str()) == Some("cut")).then_some(())
+    })
+    .expect("the first node did not take the lease");
+    let b = Node::first_start(d, &config("kept", db.url.clone()));
+
+    let mut conn = MllpConn::connect(a.mllp, Duration::from_secs(10)).unwrap();
+    let reply = conn
+        .send(&causeway_testkit::e2e::load_message(0, 0))
+        .unwrap();
+    assert_eq!(
+        causeway_testkit::e2e::ack_code(&reply).as_deref(),
+        Some("AA")
+    );
+    wait_until(WAIT, || lab.conns().first()?.0).expect("the message did not reach lab");
+
+    cable.cut();
+    let cut_at = Instant::now();
+    let conns = wait_until(Duration::from_secs(30), || {
+        let c = lab.conns();
+        c.iter()
+            .skip(1)
+            .any(|(first, _)| first.is_some())
+            .then_some(c)
+    })
+    .expect("the connected node did not send lab's queue");
+    let (_, closed) = conns[0];
+    let resent = conns[1..].iter().find_map(|(first, _)| *first).unwrap();
+    eprintln!(
+        "cut node's connection closed {:?} after the cut; the other node sent after {:?}",
+        closed.map(|c| c - cut_at),
+        resent - cut_at
+    );
+    let closed = closed.expect("the cut-off node still waits for its ACK while another node sends");
+    assert!(
+        closed < resent,
+        "the cut-off node's connection closed {:?} after the other node sent",
+        closed - resent
+    );
+    assert!(
+        a.child
+            .stderr_lines()
+            .iter()
+            .any(|l| l.contains("delivery lease lost while waiting for the destination")),
+        "the cut-off node did not say why it gave up the send"
+    );
+    drop(a);
+    drop(b);
 }

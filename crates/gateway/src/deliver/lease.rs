@@ -16,6 +16,9 @@
 //!   for. A node cut off from the database therefore stops delivering before its lease
 //!   can expire in the database and be taken by another node (given clocks in step: the
 //!   store compares wall-clock times written by different nodes).
+//! - An MLLP or HTTP send still waiting when the lease is about to run out (an ACK wait
+//!   can be longer than a lease) is abandoned ([`LeaseCheck::lost`]), so it never
+//!   overlaps with the sends of the node that takes over.
 //! - On a clean stop the worker finishes its attempt in hand and the lease is released,
 //!   so another node takes over within `lease_timeout / 10`.
 //!
@@ -105,6 +108,8 @@ struct Shared {
     state: Mutex<State>,
     /// Woken when the lease is taken.
     acquired: Notify,
+    /// Woken when the lease is given up or found taken by another node.
+    released: Notify,
 }
 
 impl Shared {
@@ -133,6 +138,37 @@ impl LeaseCheck {
             s.held_until
                 .is_some_and(|until| Instant::now() + self.margin < until)
         })
+    }
+
+    /// Resolves once the lease is given up, found taken, or about to run out by this
+    /// node's monotonic clock without a renewal: a quarter of a renewal interval before,
+    /// which leaves room for late timers and small clock steps. Renewals push it back; in
+    /// steady state that point is more than two renewal intervals away.
+    ///
+    /// A send that is still waiting then (an MLLP destination's ACK can take longer than
+    /// the lease has left) is abandoned, so that it never overlaps with the sends of the
+    /// node that takes the lease over: that node can take it only once it has expired in
+    /// the store, which is later still.
+    pub async fn lost(&self) {
+        loop {
+            // Listening before looking, as in `LeaseKeeper::wait`.
+            let released = self.shared.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            let until = self
+                .shared
+                .with(|s| s.held_until)
+                .map(|until| until.checked_sub(self.margin / 4).unwrap_or(until));
+            match until {
+                Some(until) if Instant::now() < until => {
+                    tokio::select! {
+                        () = tokio::time::sleep_until(until.into()) => {}
+                        () = released => {}
+                    }
+                }
+                _ => return,
+            }
+        }
     }
 }
 
@@ -246,6 +282,7 @@ async fn keep(k: Keep) {
         }
     }
     k.shared.with(|s| s.held_until = None);
+    k.shared.released.notify_waiters();
     k.metrics.lease_held(&k.destination, false);
     if held {
         let released = tokio::time::timeout(
@@ -312,6 +349,7 @@ async fn refresh(k: &Keep, was_held: bool) -> bool {
         }
         Ok(false) => {
             k.shared.with(|s| s.held_until = None);
+            k.shared.released.notify_waiters();
             if was_held {
                 warn!(destination = %k.destination, node = %node, "delivery lease lost (expired and taken by another node); delivery stops here");
                 k.metrics.lease_held(&k.destination, false);
@@ -347,5 +385,64 @@ mod tests {
         assert!(s.renew_every() * 3 <= s.ttl());
         assert!(default_node_id(true).ends_with(&format!("-{}", std::process::id())));
         assert!(!default_node_id(false).is_empty());
+    }
+
+    fn check_held_for(d: Duration) -> LeaseCheck {
+        let shared = Arc::new(Shared::default());
+        shared.with(|s| s.held_until = Some(Instant::now() + d));
+        LeaseCheck {
+            shared,
+            margin: Duration::from_millis(10),
+        }
+    }
+
+    #[tokio::test]
+    async fn lost_resolves_when_the_lease_runs_out_and_waits_for_renewals() {
+        // Not held: at once.
+        let none = LeaseCheck {
+            shared: Arc::new(Shared::default()),
+            margin: Duration::ZERO,
+        };
+        tokio::time::timeout(Duration::from_secs(5), none.lost())
+            .await
+            .expect("a lease not held is lost at once");
+
+        // Held for 200 ms, renewed twice by 200 ms: lost about 600 ms in (less a quarter of
+        // the 10 ms margin), not before.
+        let check = check_held_for(Duration::from_millis(200));
+        let started = Instant::now();
+        let renewer = {
+            let shared = Arc::clone(&check.shared);
+            tokio::spawn(async move {
+                for _ in 0..2 {
+                    tokio::time::sleep(Duration::from_millis(150)).await;
+                    shared.with(|s| {
+                        s.held_until = s.held_until.map(|u| u + Duration::from_millis(200))
+                    });
+                }
+            })
+        };
+        tokio::time::timeout(Duration::from_secs(5), check.lost())
+            .await
+            .expect("a lease that is not renewed is lost");
+        let took = started.elapsed();
+        renewer.await.unwrap();
+        assert!(
+            took >= Duration::from_millis(595),
+            "lost after {took:?}, before the renewed lease ran out"
+        );
+
+        // Given up (the keeper stopped): at once, though time was left.
+        let check = check_held_for(Duration::from_secs(60));
+        let shared = Arc::clone(&check.shared);
+        let lost = tokio::spawn(async move { check.lost().await });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!lost.is_finished(), "lost while held");
+        shared.with(|s| s.held_until = None);
+        shared.released.notify_waiters();
+        tokio::time::timeout(Duration::from_secs(5), lost)
+            .await
+            .expect("a lease given up is lost at once, though it had time left")
+            .unwrap();
     }
 }

@@ -42,6 +42,12 @@ impl MllpSender {
         })
     }
 
+    /// After a send was abandoned half-way (its future dropped): the next one starts on a
+    /// fresh connection.
+    pub fn abandon(&mut self) {
+        self.client.disconnect();
+    }
+
     /// One attempt.
     pub async fn send(&mut self, message: &Outgoing) -> Attempt {
         match self.client.send(&message.raw).await {

@@ -95,9 +95,36 @@ impl Sender {
         let Some(first) = messages.first() else {
             return Vec::new();
         };
+        // An MLLP or HTTP send still waiting when the lease runs out is abandoned, so it
+        // cannot overlap with the next holder's sends (see `LeaseCheck::lost`). A file run
+        // is not: its blocking writes would go on without it; it checks the lease itself
+        // before it makes its files visible.
+        let abandoned = || {
+            Attempt::Retry(
+                "delivery lease lost while waiting for the destination; another node delivers from here"
+                    .to_owned(),
+            )
+        };
         match self {
-            Sender::Mllp(s) => vec![s.send(first).await],
-            Sender::Http(s) => vec![s.send(first).await],
+            Sender::Mllp(s) => {
+                let sent = tokio::select! {
+                    biased;
+                    attempt = s.send(first) => Some(attempt),
+                    () = lease.lost() => None,
+                };
+                vec![sent.unwrap_or_else(|| {
+                    s.abandon();
+                    abandoned()
+                })]
+            }
+            Sender::Http(s) => {
+                let sent = tokio::select! {
+                    biased;
+                    attempt = s.send(first) => attempt,
+                    () = lease.lost() => abandoned(),
+                };
+                vec![sent]
+            }
             Sender::File(s) => s.send_run(messages, move || lease.may_deliver()).await,
         }
     }
