@@ -3,14 +3,20 @@
 //! synced before the message's ACK is sent. No database, no metadata, no indexes.
 //!
 //! Group commit: messages that arrive while a sync is running go out together in the next
-//! write. `--in-flight K` lets up to K writes (each a `pwrite` + `fdatasync` of its own
-//! batch) run at once on K threads; ACKs still go out in the order of the batches.
+//! write, made by a sync thread. Variants of the same floor, measured in
+//! docs/BENCHMARKS.md:
+//! - `--in-flight K`: up to K writes (each a `pwrite` + `fdatasync` of its own batch) at
+//!   once on K threads; ACKs still go out in the order of the batches.
+//! - `--direct`: `O_DIRECT | O_DSYNC` writes padded to 4 KiB instead of `fdatasync`.
+//! - `--leader`: no sync thread; the connection task that finds no sync under way writes
+//!   and syncs for everyone waiting, on its async worker thread.
 //!
-//! `scripts/bench-gateway` runs it beside `listen` and `serve`: the gap between `listen` and
-//! this is what durability alone costs on the machine, whatever the store's design.
+//! `scripts/bench-gateway` runs it (sync thread, one write in flight) beside `listen` and
+//! `serve`: the gap between `listen` and this is what durability alone costs on the
+//! machine, whatever the store's design.
 //!
 //! ```text
-//! cargo run --release -p causeway-mllp --example durable_floor -- 127.0.0.1:2575 DIR [--in-flight K]
+//! cargo run --release -p causeway-mllp --example durable_floor -- 127.0.0.1:2575 DIR [--in-flight K] [--direct] [--leader]
 //! ```
 
 use std::collections::BTreeMap;
@@ -56,6 +62,8 @@ struct Journal {
     pending: Mutex<Pending>,
     ready: Condvar,
     done: Mutex<Done>,
+    /// `--leader`: set while a connection's task writes and syncs for everyone.
+    syncing: std::sync::atomic::AtomicBool,
 }
 
 impl Journal {
@@ -69,6 +77,53 @@ impl Journal {
         drop(p);
         self.ready.notify_one();
         rx
+    }
+
+    /// `--leader`: no sync thread. The connection task that finds no sync under way writes
+    /// and syncs whatever is pending itself, on its async worker thread, and answers
+    /// everyone in the batch; the others wait for it (leader-based group commit).
+    fn lead(&self) {
+        use std::sync::atomic::Ordering::AcqRel;
+        while self
+            .syncing
+            .compare_exchange(false, true, AcqRel, std::sync::atomic::Ordering::Acquire)
+            .is_ok()
+        {
+            loop {
+                let mut p = self.pending.lock().expect("pending lock");
+                if p.waiters.is_empty() {
+                    break;
+                }
+                let bytes = std::mem::take(&mut p.bytes);
+                let waiters = std::mem::take(&mut p.waiters);
+                if p.offset + bytes.len() as u64 > RING {
+                    p.offset = 0;
+                }
+                let offset = p.offset;
+                p.offset += bytes.len() as u64;
+                drop(p);
+                self.file
+                    .write_all_at(&bytes, offset)
+                    .expect("write journal");
+                self.file.sync_data().expect("sync journal");
+                for w in waiters {
+                    let _ = w.send(());
+                }
+            }
+            self.syncing
+                .store(false, std::sync::atomic::Ordering::Release);
+            // A message appended after the last look and before the flag went down has
+            // no leader yet: look again.
+            if self
+                .pending
+                .lock()
+                .expect("pending lock")
+                .waiters
+                .is_empty()
+            {
+                break;
+            }
+        }
     }
 
     /// One sync thread: takes whatever is pending, writes and syncs it, answers in order.
@@ -128,13 +183,15 @@ impl Journal {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
-    let usage = "usage: durable_floor ADDR DIR [--in-flight K] [--direct]";
+    let usage = "usage: durable_floor ADDR DIR [--in-flight K] [--direct] [--leader]";
     let addr = args.next().ok_or(usage)?;
     let dir = std::path::PathBuf::from(args.next().ok_or(usage)?);
     let mut in_flight = 1usize;
     let mut direct = false;
+    let mut leader = false;
     while let Some(a) = args.next() {
         match a.as_str() {
+            "--leader" => leader = true,
             "--in-flight" => in_flight = args.next().ok_or(usage)?.parse()?,
             "--direct" => direct = true,
             _ => return Err(usage.into()),
@@ -168,8 +225,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         pending: Mutex::default(),
         ready: Condvar::new(),
         done: Mutex::default(),
+        syncing: Default::default(),
     });
-    let threads: Vec<_> = (0..in_flight.max(1))
+    let threads: Vec<_> = (0..if leader { 0 } else { in_flight.max(1) })
         .map(|_| {
             let j = journal.clone();
             std::thread::spawn(move || j.sync_loop())
@@ -185,6 +243,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let handler = {
         let journal = journal.clone();
         move |message: Bytes, _conn: ConnectionInfo| {
+            let leader = leader;
             let journal = journal.clone();
             let ids = ids.clone();
             async move {
@@ -197,7 +256,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     .control_id(ids.next_id())
                     .timestamp(hl7_timestamp(now))
                     .encode();
-                match journal.append(&message).await {
+                let answer = journal.append(&message);
+                if leader {
+                    journal.lead();
+                }
+                match answer.await {
                     Ok(()) => Reply::from(ack),
                     Err(_) => Reply::Close,
                 }
