@@ -247,6 +247,15 @@ impl Node {
             .collect()
     }
 
+    /// Waits until this node holds `destination`'s lease.
+    fn wait_for_lease(&self, destination: &str) {
+        wait_until(WAIT, || {
+            (self.leases().get(destination).map(|(n, _)| n.as_str()) == Some(self.id.as_str()))
+                .then_some(())
+        })
+        .unwrap_or_else(|| panic!("{} did not take the {destination} lease", self.id));
+    }
+
     /// A counter or gauge of `/metrics`, summed over the series whose labels contain `labels`.
     fn metric(&self, name: &str, labels: &str) -> f64 {
         let (status, body) = self.get("/metrics").unwrap();
@@ -256,6 +265,18 @@ impl Node {
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
     }
+}
+
+/// Sends one message to `addr` and expects an AA.
+fn send_one_acked(addr: SocketAddr) {
+    let mut conn = MllpConn::connect(addr, Duration::from_secs(10)).unwrap();
+    let reply = conn
+        .send(&causeway_testkit::e2e::load_message(0, 0))
+        .unwrap();
+    assert_eq!(
+        causeway_testkit::e2e::ack_code(&reply).as_deref(),
+        Some("AA")
+    );
 }
 
 fn assert_ok(name: &str, r: &DeliveryReport) {
@@ -618,14 +639,7 @@ fn tls_to_the_database_is_verified() {
     let mut node = Node::start("tls", &d.join("tls.toml"));
     let ready = wait_until(WAIT, || (node.get("/readyz").ok()?.0 == 200).then_some(()));
     assert!(ready.is_some(), "{}", node.child.stderr_lines().join("\n"));
-    let mut conn = MllpConn::connect(node.mllp, Duration::from_secs(10)).unwrap();
-    let reply = conn
-        .send(&causeway_testkit::e2e::load_message(0, 0))
-        .unwrap();
-    assert_eq!(
-        causeway_testkit::e2e::ack_code(&reply).as_deref(),
-        Some("AA")
-    );
+    send_one_acked(node.mllp);
     let local = format!("postgres://postgres@127.0.0.1:{port}/postgres?sslmode=disable");
     let ssl = psql(
         &local,
@@ -671,10 +685,7 @@ fn node_cut_off_from_the_database_hands_its_destination_over() {
     };
     // The cut-off node starts first, so it takes the lease.
     let mut a = Node::first_start(d, &config("cut", via(&db.url, cable.addr())));
-    wait_until(WAIT, || {
-        (a.leases().get("lab").map(|(n, _)| n.as_str()) == Some("cut")).then_some(())
-    })
-    .expect("the first node did not take the lease");
+    a.wait_for_lease("lab");
     let mut b = Node::first_start(d, &config("kept", db.url.clone()));
     let balancer = Relay::start(vec![a.mllp, b.mllp]);
     let load = Load::start(&LoadSettings {
@@ -800,20 +811,10 @@ fn a_send_waiting_for_its_ack_ends_with_the_lease() {
         ack_timeout: "60s",
     };
     let a = Node::first_start(d, &config("cut", via(&db.url, cable.addr())));
-    wait_until(WAIT, || {
-        (a.leases().get("lab").map(|(n, _)| n.as_str()) == Some("cut")).then_some(())
-    })
-    .expect("the first node did not take the lease");
+    a.wait_for_lease("lab");
     let b = Node::first_start(d, &config("kept", db.url.clone()));
 
-    let mut conn = MllpConn::connect(a.mllp, Duration::from_secs(10)).unwrap();
-    let reply = conn
-        .send(&causeway_testkit::e2e::load_message(0, 0))
-        .unwrap();
-    assert_eq!(
-        causeway_testkit::e2e::ack_code(&reply).as_deref(),
-        Some("AA")
-    );
+    send_one_acked(a.mllp);
     wait_until(WAIT, || lab.conns().first()?.0).expect("the message did not reach lab");
 
     cable.cut();
