@@ -142,6 +142,18 @@ struct NodeConfig {
 }
 
 impl NodeConfig {
+    /// A node of the partition tests: one MLLP destination `lab`, a 3 s lease.
+    fn lab_only(id: &str, url: String, db: &Schema, lab: u16, ack_timeout: &'static str) -> Self {
+        NodeConfig {
+            node_id: id.to_owned(),
+            url,
+            schema: db.name.clone(),
+            lease_timeout: "3s",
+            destinations: vec![("lab", lab)],
+            ack_timeout,
+        }
+    }
+
     fn toml(&self, mllp: &str, admin: &str) -> String {
         let mut text = format!(
             "[store]\npostgres = \"{}\"\nschema = \"{}\"\nnode_id = \"{}\"\n\
@@ -675,14 +687,8 @@ fn node_cut_off_from_the_database_hands_its_destination_over() {
     let d = dir.path();
     let (_lab, lab_port) = causeway_listen(&["--quiet", "--out", d.join("lab").to_str().unwrap()]);
     let cable = Relay::start(vec![server_addr(&db.url)]);
-    let config = |id: &str, url: String| NodeConfig {
-        node_id: id.to_owned(),
-        url,
-        schema: db.name.clone(),
-        lease_timeout: "3s",
-        destinations: vec![("lab", lab_port.parse().unwrap())],
-        ack_timeout: "5s",
-    };
+    let config =
+        |id: &str, url: String| NodeConfig::lab_only(id, url, &db, lab_port.parse().unwrap(), "5s");
     // The cut-off node starts first, so it takes the lease.
     let mut a = Node::first_start(d, &config("cut", via(&db.url, cable.addr())));
     a.wait_for_lease("lab");
@@ -802,14 +808,7 @@ fn a_send_waiting_for_its_ack_ends_with_the_lease() {
     let d = dir.path();
     let lab = Silent::start();
     let cable = Relay::start(vec![server_addr(&db.url)]);
-    let config = |id: &str, url: String| NodeConfig {
-        node_id: id.to_owned(),
-        url,
-        schema: db.name.clone(),
-        lease_timeout: "3s",
-        destinations: vec![("lab", lab.addr.port())],
-        ack_timeout: "60s",
-    };
+    let config = |id: &str, url: String| NodeConfig::lab_only(id, url, &db, lab.addr.port(), "60s");
     let a = Node::first_start(d, &config("cut", via(&db.url, cable.addr())));
     a.wait_for_lease("lab");
     let b = Node::first_start(d, &config("kept", db.url.clone()));
