@@ -407,28 +407,29 @@ mod tests {
             .await
             .expect("a lease not held is lost at once");
 
-        // Held for 200 ms, renewed twice by 200 ms: lost about 600 ms in (less a quarter of
-        // the 10 ms margin), not before.
-        let check = check_held_for(Duration::from_millis(200));
+        // Held for 1 s and renewed twice by 400 ms, each time with 700 ms still left (slack
+        // for a slow machine): lost 1.8 s in (less a quarter of the 10 ms margin), not
+        // before.
+        let check = check_held_for(Duration::from_millis(1000));
         let started = Instant::now();
         let renewer = {
             let shared = Arc::clone(&check.shared);
             tokio::spawn(async move {
                 for _ in 0..2 {
-                    tokio::time::sleep(Duration::from_millis(150)).await;
+                    tokio::time::sleep(Duration::from_millis(300)).await;
                     shared.with(|s| {
-                        s.held_until = s.held_until.map(|u| u + Duration::from_millis(200))
+                        s.held_until = s.held_until.map(|u| u + Duration::from_millis(400))
                     });
                 }
             })
         };
-        tokio::time::timeout(Duration::from_secs(5), check.lost())
+        tokio::time::timeout(Duration::from_secs(10), check.lost())
             .await
             .expect("a lease that is not renewed is lost");
         let took = started.elapsed();
         renewer.await.unwrap();
         assert!(
-            took >= Duration::from_millis(595),
+            took >= Duration::from_millis(1790),
             "lost after {took:?}, before the renewed lease ran out"
         );
 
