@@ -657,9 +657,10 @@ pub struct HttpDestination {
     /// (HL7 over HTTP). `"json"`: the parsed message as JSON. Default `"er7"`.
     #[serde(default)]
     pub format: HttpFormat,
-    /// Extra request headers.
+    /// Extra request headers. A value written `${ENV_VAR}` is read from the environment
+    /// (an API key, say); values are never logged.
     #[serde(default)]
-    pub headers: std::collections::BTreeMap<String, String>,
+    pub headers: std::collections::BTreeMap<String, Secret>,
     /// Sent as `Authorization: Bearer <token>`; `${ENV_VAR}` reads it from the environment.
     pub bearer_token: Option<Secret>,
     /// Header carrying a stable message id, so the receiver can drop retries it already
@@ -899,7 +900,34 @@ impl DestinationKind {
                     ));
                 }
                 if let Some(token) = &h.bearer_token {
-                    token.resolve(&format!("{dkey}.bearer_token"))?;
+                    let token = token.resolve(&format!("{dkey}.bearer_token"))?;
+                    if reqwest::header::HeaderValue::from_str(&format!("Bearer {token}")).is_err() {
+                        return Err(invalid(
+                            format!("{dkey}.bearer_token"),
+                            "not a valid header value (control characters?)",
+                        ));
+                    }
+                }
+                for (name, value) in &h.headers {
+                    let key = format!("{dkey}.headers.{name}");
+                    if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                        return Err(invalid(key, "not a valid HTTP header name"));
+                    }
+                    // Never echo the value: it may be a secret.
+                    let value = value.resolve(&key)?;
+                    if reqwest::header::HeaderValue::from_str(&value).is_err() {
+                        return Err(invalid(
+                            key,
+                            "not a valid header value (control characters or non-ASCII?)",
+                        ));
+                    }
+                }
+                if reqwest::header::HeaderName::from_bytes(h.message_id_header.as_bytes()).is_err()
+                {
+                    return Err(invalid(
+                        format!("{dkey}.message_id_header"),
+                        format!("{:?} is not a valid HTTP header name", h.message_id_header),
+                    ));
                 }
             }
             DestinationKind::File(f) => {

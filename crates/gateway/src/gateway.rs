@@ -208,26 +208,7 @@ impl Gateway {
                 metrics: metrics.clone(),
             }));
             if let Some(tls) = &src.tls {
-                let mut t = ServerTlsSettings::new(&tls.cert, &tls.key);
-                if let Some(ca) = &tls.client_ca {
-                    t = t.with_client_ca(ca);
-                }
-                if !tls.allow_clients.is_empty() {
-                    let rules = tls
-                        .allow_clients
-                        .iter()
-                        .map(|r| r.parse::<IdentityRule>())
-                        .collect::<Result<Vec<_>, _>>()
-                        .map_err(|e| GatewayError::Setup {
-                            what: format!("channel {} source.tls", channel.name),
-                            reason: e.to_string(),
-                        })?;
-                    t = t.with_allowed_clients(rules);
-                }
-                let tls = Arc::new(ServerTls::load(t).map_err(|e| GatewayError::Setup {
-                    what: format!("channel {} source.tls", channel.name),
-                    reason: e.to_string(),
-                })?);
+                let tls = Arc::new(source_tls(&channel.name, tls)?);
                 let stop = stopping.clone();
                 tasks.spawn(tls.clone().watch(Duration::from_secs(5), async move {
                     stop.cancelled().await
@@ -437,6 +418,63 @@ fn pg_tls(ca: &std::path::Path) -> Result<Arc<rustls::ClientConfig>, String> {
 }
 
 /// The gateway's tasks, to wait for at shutdown.
+/// Loads a source's TLS material: its certificate and key, the client CA, the allow-list.
+fn source_tls(
+    channel: &str,
+    tls: &crate::config::ServerTlsConfig,
+) -> Result<ServerTls, GatewayError> {
+    let setup = |reason: String| GatewayError::Setup {
+        what: format!("channel {channel} source.tls"),
+        reason,
+    };
+    let mut t = ServerTlsSettings::new(&tls.cert, &tls.key);
+    if let Some(ca) = &tls.client_ca {
+        t = t.with_client_ca(ca);
+    }
+    if !tls.allow_clients.is_empty() {
+        let rules = tls
+            .allow_clients
+            .iter()
+            .map(|r| r.parse::<IdentityRule>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| setup(e.to_string()))?;
+        t = t.with_allowed_clients(rules);
+    }
+    ServerTls::load(t).map_err(|e| setup(e.to_string()))
+}
+
+/// Loads what [`Gateway::start`] reads besides the configuration itself, without binding
+/// or connecting anything: every source's and destination's TLS files (certificates, keys,
+/// CA bundles), the link's, and secrets and headers taken from the environment. `causeway
+/// config check` runs it, so a file that `serve` would refuse fails the check too.
+pub fn preflight(config: &Config) -> Result<(), GatewayError> {
+    for channel in &config.channels {
+        if let Some(tls) = channel.source.as_ref().and_then(|s| s.tls.as_ref()) {
+            source_tls(&channel.name, tls)?;
+        }
+        for dest in &channel.destinations {
+            // A file destination creates its directory when it starts; a link destination
+            // is checked with the link.
+            if matches!(
+                dest.kind,
+                crate::config::DestinationKind::Mllp(_) | crate::config::DestinationKind::Http(_)
+            ) {
+                Sender::new(&channel.name, dest).map_err(|reason| GatewayError::Setup {
+                    what: format!("channel {} destination {}", channel.name, dest.name),
+                    reason,
+                })?;
+            }
+        }
+    }
+    if let Some(link) = &config.link {
+        crate::link::preflight(link).map_err(|reason| GatewayError::Setup {
+            what: "link".to_owned(),
+            reason,
+        })?;
+    }
+    Ok(())
+}
+
 #[derive(Debug)]
 pub struct Running {
     tasks: JoinSet<()>,

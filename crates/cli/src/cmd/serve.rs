@@ -37,6 +37,12 @@ pub fn load(path: Option<&PathBuf>) -> Result<Config, ExitCode> {
 pub fn check(args: &CheckArgs) -> ExitCode {
     match load(Some(&args.file)) {
         Ok(config) => {
+            // What `serve` reads besides the file: TLS certificates, keys and CA bundles,
+            // secrets from the environment. Nothing is bound and nothing is dialled.
+            if let Err(e) = causeway_gateway::gateway::preflight(&config) {
+                eprintln!("causeway: {}: {e}", args.file.display());
+                return ExitCode::from(EX_CONFIG);
+            }
             let destinations: usize = config.channels.iter().map(|c| c.destinations.len()).sum();
             println!(
                 "{}: OK ({} channel{}, {} destination{})",

@@ -253,6 +253,60 @@ fn config_check_names_the_bad_key() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(78), "{out:?}");
+
+    // What only loading shows: a TLS file that is not there fails the check as it would
+    // fail `serve`, naming the channel, the destination and the file.
+    let missing = dir.path().join("no-such-ca.pem");
+    let tls = format!(
+        "{good}[[channel.destination]]\nname = \"lab\"\ntype = \"mllp\"\nto = \"127.0.0.1:1\"\n\
+         [channel.destination.tls]\nca = {missing:?}\n"
+    );
+    let out = check(&write(dir.path().join("tls.toml"), &tls));
+    assert_eq!(out.status.code(), Some(78), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("destination lab") && err.contains("no-such-ca.pem"),
+        "{err}"
+    );
+    // An HTTP header: its name checked, its value read from the environment (and never
+    // echoed).
+    let header = |name: &str, value: &str| {
+        format!(
+            "{good}{}[channel.destination.headers]\n\"{name}\" = \"{value}\"\n",
+            http_destination("api", 1)
+        )
+    };
+    let out = check(&write(
+        dir.path().join("header-name.toml"),
+        &header("X Api Key", "k"),
+    ));
+    assert_eq!(out.status.code(), Some(78), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("channel[0].destination[1].headers.X Api Key"),
+        "{err}"
+    );
+    let from_env = write(
+        dir.path().join("header-env.toml"),
+        &header("X-Api-Key", "${CAUSEWAY_TEST_API_KEY}"),
+    );
+    let out = Command::new(BIN)
+        .args(["config", "check", from_env.to_str().unwrap()])
+        .env_remove("CAUSEWAY_TEST_API_KEY")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("CAUSEWAY_TEST_API_KEY is not set"),
+        "{out:?}"
+    );
+    let out = Command::new(BIN)
+        .args(["config", "check", from_env.to_str().unwrap()])
+        .env("CAUSEWAY_TEST_API_KEY", "secret-value-1234")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("secret-value-1234"));
 }
 
 /// python-hl7 and a raw socket send the corpus into `serve`; every destination receives

@@ -35,15 +35,21 @@ pub async fn healthz() -> &'static str {
     "ok"
 }
 
-/// `GET /readyz`: 200 when every channel listens and the store can commit; otherwise 503
-/// with the reasons.
+/// `GET /readyz`: 200 when every channel with a source listens and the store can commit;
+/// otherwise 503 with the reasons. A channel without `[channel.source]` (fed by the link or
+/// the admin API only) has no listener to wait for.
 pub async fn readyz(State(state): State<AppState>) -> Response {
     let gateway = &state.gateway;
     let mut reasons = Vec::new();
     if gateway.stopping.is_cancelled() {
         reasons.push("the gateway is stopping".to_owned());
     }
-    for channel in &gateway.config.channels {
+    for channel in gateway
+        .config
+        .channels
+        .iter()
+        .filter(|c| c.source.is_some())
+    {
         if !gateway.listening.contains_key(&channel.name) {
             reasons.push(format!("channel {} is not listening", channel.name));
         }

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use causeway_message::{Charset, Message};
-use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, LOCATION};
 
 use super::{Attempt, Outgoing};
 use crate::config::{HttpDestination, HttpFormat};
@@ -26,7 +26,11 @@ impl HttpSender {
         for (k, v) in &config.headers {
             let name =
                 HeaderName::from_bytes(k.as_bytes()).map_err(|e| format!("header {k:?}: {e}"))?;
-            let value = HeaderValue::from_str(v).map_err(|e| format!("header {k:?}: {e}"))?;
+            let v = v
+                .resolve(&format!("headers.{k}"))
+                .map_err(|e| e.to_string())?;
+            let mut value = HeaderValue::from_str(&v).map_err(|e| format!("header {k:?}: {e}"))?;
+            value.set_sensitive(true);
             headers.insert(name, value);
         }
         if let Some(token) = &config.bearer_token {
@@ -40,6 +44,10 @@ impl HttpSender {
             .default_headers(headers)
             .timeout(config.timeout.0)
             .connect_timeout(Duration::from_secs(10))
+            // A redirect is answered, never followed: on 301/302/303 a client repeats the
+            // POST as a GET without its body, and a 2xx to that GET would count a message
+            // as delivered that never arrived (an http-to-https redirect does exactly this).
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("causeway/", env!("CARGO_PKG_VERSION")));
         if let Some(ca) = &config.ca {
             let pem = std::fs::read(ca).map_err(|e| format!("ca {}: {e}", ca.display()))?;
@@ -81,6 +89,11 @@ impl HttpSender {
         match request.send().await {
             Ok(response) => {
                 let status = response.status();
+                let response_location = response
+                    .headers()
+                    .get(LOCATION)
+                    .and_then(|v| v.to_str().ok())
+                    .map(|v| v.chars().take(200).collect::<String>());
                 let text = response
                     .text()
                     .await
@@ -93,12 +106,24 @@ impl HttpSender {
                     }
                 } else if self.permanent.contains(&status.as_u16()) {
                     Attempt::Permanent(format!("HTTP {status}"))
+                } else if status.is_redirection() {
+                    Attempt::Retry(redirect_error(status, response_location.as_deref()))
                 } else {
                     Attempt::Retry(format!("HTTP {status}"))
                 }
             }
             Err(e) => Attempt::Retry(format!("HTTP request failed: {e}")),
         }
+    }
+}
+
+/// Why a redirect counts as a failed attempt, and what to do about it.
+fn redirect_error(status: reqwest::StatusCode, location: Option<&str>) -> String {
+    match location {
+        Some(to) => format!(
+            "HTTP {status}: redirects are not followed (the body would be dropped); set the destination's url to {to}"
+        ),
+        None => format!("HTTP {status}: redirects are not followed"),
     }
 }
 

@@ -412,6 +412,40 @@ pub struct Started {
 /// Starts the link of `parts.config` (none without `[link]`): the dialer or the listener
 /// in `tasks` (stopped by `stopping`), the link destinations in `workers` (stopped by
 /// `workers_stop`).
+/// Loads the link's TLS files and secrets as [`start`] would, binding and dialling
+/// nothing (see [`crate::gateway::preflight`]).
+pub fn preflight(lc: &config::LinkConfig) -> Result<(), String> {
+    match lc.role() {
+        Role::Edge => {
+            config::HubUrl::parse(lc.hub.as_deref().unwrap_or_default())?;
+            let pin = lc
+                .hub_pin
+                .as_deref()
+                .map(str::parse::<causeway_mllp::tls::Fingerprint>)
+                .transpose()
+                .map_err(|e| format!("link.hub_pin: {e}"))?;
+            tls::client_config(lc.hub_ca.as_deref(), pin, &lc.cert, &lc.key, lc.tls12)
+                .map_err(|e| format!("link TLS: {e}"))?;
+            if let Some(pw) = &lc.proxy_password {
+                pw.resolve("link.proxy_password")
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+        Role::Hub => {
+            let client_ca = lc
+                .client_ca
+                .as_deref()
+                .ok_or("link.client_ca is required")?;
+            tls::server_config(&lc.cert, &lc.key, client_ca, lc.tls12)
+                .map_err(|e| format!("link TLS: {e}"))?;
+            for e in &lc.edges {
+                e.identity_rule()?;
+            }
+        }
+    }
+    Ok(())
+}
+
 pub async fn start(
     parts: Parts<'_>,
     tasks: &mut tokio::task::JoinSet<()>,

@@ -757,6 +757,41 @@ directory = '{root}/outbox'
     running.stop(&gateway).await;
 }
 
+/// A channel without `[channel.source]` (fed by the admin API or the link) has no listener
+/// to wait for: the gateway is ready with it.
+#[tokio::test]
+async fn a_channel_without_a_source_does_not_hold_readiness() {
+    let (gateway, running, _dir) = start(|root| {
+        format!(
+            r#"
+[admin]
+bind = "127.0.0.1:0"
+[[channel]]
+name = "adt"
+[channel.source]
+bind = "127.0.0.1:0"
+[[channel.destination]]
+name = "outbox"
+type = "file"
+directory = '{root}/outbox'
+[[channel]]
+name = "outbound"
+[[channel.destination]]
+name = "sent"
+type = "file"
+directory = '{root}/sent'
+"#
+        )
+    })
+    .await;
+    let url = format!("http://{}/readyz", gateway.admin_addr().unwrap());
+    let reply = reqwest::get(&url).await.unwrap();
+    let status = reply.status();
+    let body = reply.text().await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{body}");
+    running.stop(&gateway).await;
+}
+
 /// Every route the router serves is described in docs/openapi.yaml, with its method.
 #[test]
 fn openapi_describes_every_route() {

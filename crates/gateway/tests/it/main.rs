@@ -8,4 +8,5 @@ mod ack_policy;
 mod admin;
 mod delivery;
 mod doctor;
+mod http;
 mod support;
