@@ -65,13 +65,30 @@ impl Child {
     /// # Panics
     /// When the program cannot be started.
     pub fn spawn_in(program: impl Into<PathBuf>, args: &[&str], dir: &std::path::Path) -> Child {
-        let program = program.into();
+        Child::spawn_with(program.into(), args, dir, &[])
+    }
+
+    /// Like [`Child::spawn`], with these environment variables set as well.
+    ///
+    /// # Panics
+    /// When the program cannot be started.
+    pub fn spawn_env(program: impl Into<PathBuf>, args: &[&str], env: &[(&str, &str)]) -> Child {
+        Child::spawn_with(program.into(), args, std::path::Path::new("."), env)
+    }
+
+    fn spawn_with(
+        program: PathBuf,
+        args: &[&str],
+        dir: &std::path::Path,
+        env: &[(&str, &str)],
+    ) -> Child {
         let name = program
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let mut child = Command::new(&program)
             .args(args)
+            .envs(env.iter().copied())
             .current_dir(dir)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

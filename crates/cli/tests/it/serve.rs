@@ -817,3 +817,125 @@ fn destination_outage_loses_nothing_and_blocks_nobody_else() {
     );
     assert!(serve.child.terminate(Duration::from_secs(30)).success());
 }
+
+/// An MLLP receiver that answers every message AE, quoting the message's PID-5 in its MSA-3
+/// and ERR segment, as some systems do; returns its port. Runs until the test ends.
+fn quoting_receiver() -> u16 {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let Ok(n) = stream.read(&mut chunk) else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    while let Some(end) = buf.windows(2).position(|w| w == [0x1C, 0x0D]) {
+                        let frame: Vec<u8> = buf.drain(..end + 2).collect();
+                        let msg = &frame[1..frame.len() - 2];
+                        let id = e2e::field(msg, "MSH", 10).unwrap_or_default();
+                        let name = e2e::field(msg, "PID", 5).unwrap_or_default();
+                        let ack = format!(
+                            "MSH|^~\\&|RCV|R|CAUSEWAY|T|20261207120000||ACK|A-{id}|P|2.5\r\
+                             MSA|AE|{id}|no such patient {name}\r\
+                             ERR|||204^Unknown key identifier^HL70357|E||||patient {name} unknown\r"
+                        );
+                        if stream.write_all(&e2e::frame(ack.as_bytes())).is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+/// With `--log-format json` every log line is a JSON object, and no line holds segment
+/// contents: not the patient data of a stored message, not of a frame that is not HL7 (and
+/// is quarantined), and not the receiver's own words when its ACK quotes the message
+/// (those are kept with the attempt in the store, never logged). Run at debug level.
+#[test]
+fn logs_hold_no_segment_contents() {
+    const SECRET: &str = "ZEBRASECRET";
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let port = quoting_receiver();
+    let destination = format!(
+        "[[channel.destination]]\nname = \"lab\"\ntype = \"mllp\"\nto = \"127.0.0.1:{port}\"\n\
+         retry_on_ae = true\nretry_initial = \"20ms\"\nretry_max = \"50ms\"\n"
+    );
+    let path = write(
+        d.join("causeway.toml"),
+        &config(&d.join("data"), "127.0.0.1:0", &destination),
+    );
+    let child = Child::spawn_env(
+        BIN,
+        &[
+            "serve",
+            "--log-format",
+            "json",
+            "--config",
+            path.to_str().unwrap(),
+        ],
+        &[("RUST_LOG", "debug")],
+    );
+    let ready = child.wait_for_line(true, WAIT, |l| l.starts_with("causeway: ready"));
+    assert!(!ready.is_empty());
+    let addr: SocketAddr = child
+        .stderr_lines()
+        .iter()
+        .find_map(|l| {
+            let rest = l.strip_prefix("causeway: channel main: MLLP on ")?;
+            rest.split(' ').next()?.parse().ok()
+        })
+        .unwrap();
+    let mut conn = MllpConn::connect(addr, Duration::from_secs(10)).unwrap();
+    let msg = format!(
+        "MSH|^~\\&|EHR|H|LAB|H|20261207120000||ADT^A01|LOG-1|P|2.5\r\
+         PID|1||{SECRET}-ID^^^MRN||{SECRET}^PATIENT||19700101|F\r"
+    );
+    let reply = conn.send(msg.as_bytes()).unwrap();
+    assert_eq!(e2e::ack_code(&reply).as_deref(), Some("AA"));
+    // Not HL7: AR, quarantined.
+    let reply = conn
+        .send(format!("{SECRET} is not a message\r").as_bytes())
+        .unwrap();
+    assert_eq!(e2e::ack_code(&reply).as_deref(), Some("AR"));
+    // An MSH with a broken header: refused.
+    let reply = conn
+        .send(format!("MSH|^~\\&|{SECRET}\r").as_bytes())
+        .unwrap();
+    assert_eq!(e2e::ack_code(&reply).as_deref(), Some("AR"));
+    drop(conn);
+    // The receiver's AE, retried a few times.
+    child.wait_for_line(true, WAIT, |l| {
+        l.contains("delivery failed; will retry") && l.contains("\"attempts\":3")
+    });
+    let lines = child.stderr_lines();
+    let logs: Vec<&String> = lines
+        .iter()
+        .filter(|l| !l.starts_with("causeway: "))
+        .collect();
+    assert!(logs.len() >= 5, "{lines:#?}");
+    for line in &logs {
+        let parsed: Result<serde_json::Value, _> = serde_json::from_str(line);
+        assert!(parsed.is_ok(), "not a JSON log line: {line}");
+    }
+    let leaks: Vec<&&String> = logs.iter().filter(|l| l.contains(SECRET)).collect();
+    assert!(leaks.is_empty(), "segment contents in the logs: {leaks:#?}");
+    // The failure is logged, in the gateway's words.
+    assert!(
+        logs.iter()
+            .any(|l| l.contains("AE from the receiver") && l.contains("LOG-1")),
+        "{logs:#?}"
+    );
+}

@@ -73,10 +73,10 @@ impl FileSender {
                     };
                     written
                 ];
-                attempts.extend(failure.map(Attempt::Retry));
+                attempts.extend(failure.map(|f| Attempt::Retry(f.into())));
                 attempts
             }
-            Err(e) => vec![Attempt::Retry(format!("write task failed: {e}"))],
+            Err(e) => vec![Attempt::Retry(format!("write task failed: {e}").into())],
         }
     }
 

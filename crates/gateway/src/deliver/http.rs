@@ -74,7 +74,7 @@ impl HttpSender {
             HttpFormat::Er7 => (er7_content_type(&message.raw), message.raw.to_vec()),
             HttpFormat::Json => match crate::render::message_json(&message.raw) {
                 Ok(json) => ("application/json".to_owned(), json.to_string().into_bytes()),
-                Err(e) => return Attempt::Permanent(format!("cannot render JSON: {e}")),
+                Err(e) => return Attempt::Permanent(format!("cannot render JSON: {e}").into()),
             },
         };
         // Stable across retries and replays of the same delivery target: the receiver can
@@ -105,14 +105,14 @@ impl HttpSender {
                         text,
                     }
                 } else if self.permanent.contains(&status.as_u16()) {
-                    Attempt::Permanent(format!("HTTP {status}"))
+                    Attempt::Permanent(format!("HTTP {status}").into())
                 } else if status.is_redirection() {
-                    Attempt::Retry(redirect_error(status, response_location.as_deref()))
+                    Attempt::Retry(redirect_error(status, response_location.as_deref()).into())
                 } else {
-                    Attempt::Retry(format!("HTTP {status}"))
+                    Attempt::Retry(format!("HTTP {status}").into())
                 }
             }
-            Err(e) => Attempt::Retry(format!("HTTP request failed: {e}")),
+            Err(e) => Attempt::Retry(format!("HTTP request failed: {e}").into()),
         }
     }
 }

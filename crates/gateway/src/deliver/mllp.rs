@@ -3,7 +3,7 @@
 use causeway_mllp::client::{AckStatus, Client, ClientError, ClientSettings};
 use causeway_mllp::tls::{ClientTls, ClientTlsSettings};
 
-use super::{Attempt, Outgoing};
+use super::{Attempt, Failure, Outgoing};
 use crate::config::MllpDestination;
 
 /// Sends to one MLLP receiver over a kept-open connection.
@@ -60,20 +60,19 @@ impl MllpSender {
                         .map(|e| format!("{} {}", e.code, e.text))
                         .or_else(|| r.text.clone())
                 });
+                let refused = || {
+                    // The code is ours to log; the text is the receiver's (see `Failure`).
+                    Failure::said(
+                        format!("{} from the receiver", code.as_deref().unwrap_or("no code")),
+                        text.clone(),
+                    )
+                };
                 match delivery.status {
                     AckStatus::Accepted | AckStatus::NotRequested => {
                         Attempt::Delivered { code, text }
                     }
-                    AckStatus::Error if self.retry_on_ae => Attempt::Retry(format!(
-                        "{}: {}",
-                        code.unwrap_or_default(),
-                        text.unwrap_or_default()
-                    )),
-                    _ => Attempt::Permanent(format!(
-                        "{}: {}",
-                        code.unwrap_or_default(),
-                        text.unwrap_or_default()
-                    )),
+                    AckStatus::Error if self.retry_on_ae => Attempt::Retry(refused()),
+                    _ => Attempt::Permanent(refused()),
                 }
             }
             // The message itself cannot be sent as it is: retrying will not change that.
@@ -81,8 +80,8 @@ impl MllpSender {
                 e @ (ClientError::InvalidMessage(_)
                 | ClientError::MissingControlId
                 | ClientError::Encode(_)),
-            ) => Attempt::Permanent(e.to_string()),
-            Err(e) => Attempt::Retry(e.to_string()),
+            ) => Attempt::Permanent(e.to_string().into()),
+            Err(e) => Attempt::Retry(e.to_string().into()),
         }
     }
 }

@@ -39,9 +39,52 @@ pub enum Attempt {
         text: Option<String>,
     },
     /// A failure a retry may fix (connection, timeout, AE, HTTP 5xx).
-    Retry(String),
+    Retry(Failure),
     /// A failure no retry will fix (AR, HTTP 4xx in the permanent list).
-    Permanent(String),
+    Permanent(Failure),
+}
+
+/// Why an attempt failed: what happened, and what the receiver said about it (the text of
+/// its ACK's MSA-3 or ERR segment, or of the link's reply). Both are stored with the
+/// attempt (`Display` gives both); logs get only `what`: a receiver's error text can quote
+/// the message, patient identifiers included.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// What happened, in the gateway's words (`AE from the receiver`, `HTTP 503`).
+    pub what: String,
+    /// The receiver's own words, if it gave any.
+    pub said: Option<String>,
+}
+
+impl Failure {
+    /// `what`, with what the receiver `said` (empty text counts as nothing said).
+    pub fn said(what: impl Into<String>, said: Option<String>) -> Failure {
+        Failure {
+            what: what.into(),
+            said: said.filter(|s| !s.is_empty()),
+        }
+    }
+}
+
+impl From<String> for Failure {
+    fn from(what: String) -> Failure {
+        Failure { what, said: None }
+    }
+}
+
+impl From<&str> for Failure {
+    fn from(what: &str) -> Failure {
+        Failure::from(what.to_owned())
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.said {
+            Some(said) => write!(f, "{}: {said}", self.what),
+            None => f.write_str(&self.what),
+        }
+    }
 }
 
 /// A message as a destination sees it.
@@ -102,7 +145,7 @@ impl Sender {
         let abandoned = || {
             Attempt::Retry(
                 "delivery lease lost while waiting for the destination; another node delivers from here"
-                    .to_owned(),
+                    .into(),
             )
         };
         match self {
@@ -469,11 +512,11 @@ pub(crate) fn settle(
             )
         }
         Attempt::Permanent(error) => {
-            warn!(%destination, message_id, %control_id, %error, "{kind}delivery refused for good; dead-lettered");
+            warn!(%destination, message_id, %control_id, error = %error.what, "{kind}delivery refused for good; dead-lettered");
             metrics.dead_lettered(channel, destination);
             (
                 AttemptResult::DeadLettered {
-                    error: error.clone(),
+                    error: error.to_string(),
                 },
                 true,
             )
@@ -481,7 +524,7 @@ pub(crate) fn settle(
         Attempt::Retry(error)
             if policy.on_failure == OnFailure::DeadLetter && attempts >= policy.max_attempts =>
         {
-            warn!(%destination, message_id, %control_id, attempts, %error, "{kind}delivery failed; giving up; dead-lettered");
+            warn!(%destination, message_id, %control_id, attempts, error = %error.what, "{kind}delivery failed; giving up; dead-lettered");
             metrics.dead_lettered(channel, destination);
             (
                 AttemptResult::DeadLettered {
@@ -492,11 +535,11 @@ pub(crate) fn settle(
         }
         Attempt::Retry(error) => {
             let delay = policy.backoff(attempts);
-            warn!(%destination, message_id, %control_id, attempts, retry_in_ms = delay.as_millis() as u64, %error, "{kind}delivery failed; will retry");
+            warn!(%destination, message_id, %control_id, attempts, retry_in_ms = delay.as_millis() as u64, error = %error.what, "{kind}delivery failed; will retry");
             metrics.failed(channel, destination);
             (
                 AttemptResult::Failed {
-                    error: error.clone(),
+                    error: error.to_string(),
                     retry_at: now().saturating_add(delay),
                 },
                 false,

@@ -248,13 +248,13 @@ async fn outcome(
         }
         match tokio::time::timeout(Duration::from_secs(5), rx).await {
             Ok(Ok(Attempt::Delivered { code, text })) => return (Verdict::Delivered, code, text),
-            Ok(Ok(Attempt::Permanent(e))) => return (Verdict::Refused, None, Some(e)),
+            Ok(Ok(Attempt::Permanent(e))) => return (Verdict::Refused, None, Some(e.to_string())),
             Ok(Ok(Attempt::Retry(e))) => {
                 // The last attempt may have dead-lettered it: the store says.
                 if let Some(done) = settled(store, id, destination).await {
                     return done;
                 }
-                return (Verdict::Retry, None, Some(e));
+                return (Verdict::Retry, None, Some(e.to_string()));
             }
             // Another waiter took the slot: look again, without racing it.
             Ok(Err(_)) => tokio::time::sleep(Duration::from_secs(1)).await,

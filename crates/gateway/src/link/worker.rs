@@ -18,7 +18,7 @@ use super::Link;
 use super::proto::{Frame, Header, Verdict};
 use super::session::{OutcomeHook, Reply, Session, Want};
 use crate::deliver::settle;
-use crate::deliver::{Attempt, Policy, Records};
+use crate::deliver::{Attempt, Failure, Policy, Records};
 use crate::metrics::Metrics;
 use crate::waiters::Waiters;
 
@@ -203,28 +203,29 @@ impl LinkWorker {
                     result: Verdict::Retry,
                     text,
                     ..
-                }) => Attempt::Retry(format!(
-                    "{}: its destination failed: {}",
-                    self.peer,
-                    text.unwrap_or_default()
+                }) => Attempt::Retry(Failure::said(
+                    format!("{}: its destination failed", self.peer),
+                    text,
                 )),
                 Some(Reply::Outcome {
                     result: Verdict::Refused,
                     text,
                     ..
-                }) => Attempt::Permanent(format!(
-                    "{} refused it for good: {}",
-                    self.peer,
-                    text.unwrap_or_default()
+                }) => Attempt::Permanent(Failure::said(
+                    format!("{} refused it for good", self.peer),
+                    text,
                 )),
-                Some(Reply::Failed(reason)) => Attempt::Retry(format!("{}: {reason}", self.peer)),
-                None => Attempt::Retry(match self.want {
+                // The peer's own failure (its store, its queue): its words, not a receiver's.
+                Some(Reply::Failed(reason)) => {
+                    Attempt::Retry(format!("{}: {reason}", self.peer).into())
+                }
+                None => Attempt::Retry(Failure::from(match self.want {
                     Want::Stored => format!("{} did not answer within {timeout:?}", self.peer),
                     Want::Outcome => format!(
                         "{} has it stored, but its destination did not answer within {timeout:?}",
                         self.peer
                     ),
-                }),
+                })),
             };
             let moved_on = self.record(&done.pending, attempt, elapsed, records).await;
             if !moved_on {
@@ -322,9 +323,9 @@ fn relay_outcome(waiters: &Waiters, id: MessageId, destination: &str, reply: Rep
             result: Verdict::Retry,
             text,
             ..
-        } => Attempt::Retry(text.unwrap_or_default()),
-        Reply::Outcome { text, .. } => Attempt::Permanent(text.unwrap_or_default()),
-        Reply::Failed(e) => Attempt::Retry(e),
+        } => Attempt::Retry(Failure::said("its destination failed", text)),
+        Reply::Outcome { text, .. } => Attempt::Permanent(Failure::said("refused for good", text)),
+        Reply::Failed(e) => Attempt::Retry(e.into()),
         Reply::Stored { .. } => return,
     };
     waiters.complete(id.0, destination, &attempt);
