@@ -324,3 +324,138 @@ fn openssl_s_client_sees_tls12_or_13_only() {
     assert!(!out.status.success(), "TLS 1.1 must be refused");
     assert!(String::from_utf8_lossy(&out.stdout).contains("Cipher is (NONE)"));
 }
+
+/// `serve` over TLS at both ends, with peers nobody here wrote: python-hl7's client sends
+/// through Python's `ssl` with a client certificate to a source that requires one and
+/// allows only `cn:ehr-1`; the message is stored with that identity and delivered over
+/// mutual TLS to python-hl7's server (Python's `ssl`, client certificates required). A
+/// client the allow-list does not name, and one without a certificate, get nothing stored.
+#[test]
+fn serve_over_mtls_from_python_hl7_to_python_hl7() {
+    let pki = Pki::new("gw");
+    let source = pki.server("source");
+    let receiver = pki.server("receiver");
+    let ehr = pki.client("ehr", "ehr-1");
+    let stranger = pki.client("stranger", "ehr-2");
+    let outbound = pki.client("outbound", "causeway-out");
+    let (server, port) = python_server(&[
+        "--tls-cert",
+        receiver.cert.to_str().unwrap(),
+        "--tls-key",
+        receiver.key.to_str().unwrap(),
+        "--client-ca",
+        pki.ca.to_str().unwrap(),
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        r#"[store]
+path = {data:?}
+
+[admin]
+bind = "127.0.0.1:0"
+
+[[channel]]
+name = "secure"
+
+[channel.source]
+bind = "127.0.0.1:0"
+
+[channel.source.tls]
+cert = {scert:?}
+key = {skey:?}
+client_ca = {ca:?}
+allow_clients = ["cn:ehr-1"]
+
+[[channel.destination]]
+name = "lab"
+type = "mllp"
+to = "localhost:{port}"
+retry_initial = "50ms"
+retry_max = "500ms"
+
+[channel.destination.tls]
+ca = {ca:?}
+cert = {ocert:?}
+key = {okey:?}
+"#,
+        data = dir.path().join("data"),
+        scert = source.cert,
+        skey = source.key,
+        ca = pki.ca,
+        ocert = outbound.cert,
+        okey = outbound.key,
+    );
+    let path = dir.path().join("causeway.toml");
+    std::fs::write(&path, config).unwrap();
+    let check = causeway(&["config", "check", path.to_str().unwrap()]);
+    assert!(check.status.success(), "{check:?}");
+    let serve = Child::spawn(
+        env!("CARGO_BIN_EXE_causeway"),
+        &["serve", "--config", path.to_str().unwrap()],
+    );
+    serve.wait_for_line(true, WAIT, |l| l.starts_with("causeway: ready"));
+    let lines = serve.stderr_lines();
+    let after = |prefix: &str| -> String {
+        lines
+            .iter()
+            .find_map(|l| l.split_once(prefix).map(|(_, rest)| rest.to_owned()))
+            .unwrap_or_else(|| panic!("no {prefix:?} in {lines:#?}"))
+    };
+    let mllp_port = after("MLLP on 127.0.0.1:")
+        .split(' ')
+        .next()
+        .unwrap()
+        .to_owned();
+    let admin: std::net::SocketAddr = after("admin API on http://")
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+
+    let file = corpus_sample()[0].clone();
+    let send = |cert: Option<&causeway_testkit::pki::Issued>| -> Output {
+        let script = python_peer("hl7_client.py");
+        let mut args = vec![
+            script.display().to_string(),
+            "--port".into(),
+            mllp_port.clone(),
+            "--tls-ca".into(),
+            pki.ca.display().to_string(),
+        ];
+        if let Some(c) = cert {
+            args.extend([
+                "--tls-cert".into(),
+                c.cert.display().to_string(),
+                "--tls-key".into(),
+                c.key.display().to_string(),
+            ]);
+        }
+        args.push(file.clone());
+        Command::new(python()).args(&args).output().unwrap()
+    };
+    let out = send(Some(&ehr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = control_id(&file);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("ACK AA {id}")
+    );
+    server.wait_for_line(false, WAIT, |l| l.starts_with(&format!("RECEIVED {id} ")));
+    // Refused: a certificate the allow-list does not name, and none at all.
+    assert!(!send(Some(&stranger)).status.success());
+    assert!(!send(None).status.success());
+
+    let (status, body) = crate::support::http_get(admin, "/api/messages/1").unwrap();
+    assert_eq!(status, 200, "{body}");
+    let m: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(m["tls_identity"], "ehr-1", "{m}");
+    let (status, body) = crate::support::http_get(admin, "/api/messages/2").unwrap();
+    assert_eq!(status, 404, "only one message is stored: {body}");
+    let deliveries = m["deliveries"].as_array().unwrap();
+    assert_eq!(deliveries.len(), 1);
+}
