@@ -1,7 +1,8 @@
 //! The configuration file, `causeway.toml`: what it may say, its defaults, and its checks.
 //!
-//! Every field's doc comment is the user manual for that key (README's configuration
-//! reference is generated from the same words). Unknown keys are errors, so a typo never
+//! Every field's doc comment is the user manual for that key; README's configuration
+//! reference and `causeway.example.toml` say the same in short (the example is checked by a
+//! test, the README table by review). Unknown keys are errors, so a typo never
 //! silently falls back to a default. Secrets (tokens) may be written as `${ENV_VAR}` and are
 //! read from the environment at load time; they never appear in `Debug` output or logs.
 
@@ -140,6 +141,35 @@ pub struct Config {
     /// The edge/hub link (see [`crate::link`]): an edge has `hub = "wss://..."`, a hub has
     /// `listen = "..."`. Absent: no link.
     pub link: Option<crate::link::config::LinkConfig>,
+    /// How a stop (SIGTERM, Ctrl-C) goes.
+    #[serde(default)]
+    pub shutdown: ShutdownConfig,
+}
+
+/// `[shutdown]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// The longest a stop takes, from the signal to the exit. Listeners stop accepting at
+    /// once and have four fifths of it to store and acknowledge the messages in hand;
+    /// delivery workers then finish their attempt in hand within what is left (at least
+    /// 1 s); an attempt cut short is retried after the restart. Keep it below the orchestrator's
+    /// own limit (Kubernetes: `terminationGracePeriodSeconds`). A second signal exits at
+    /// once. Default `"25s"`.
+    #[serde(default = "default_grace")]
+    pub grace: Dur,
+}
+
+fn default_grace() -> Dur {
+    Dur(Duration::from_secs(25))
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig {
+            grace: default_grace(),
+        }
+    }
 }
 
 /// `[store]`
@@ -764,6 +794,9 @@ impl Config {
     /// Checks what the types cannot: unique names, secrets resolvable, admin exposure.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.store.validate()?;
+        if self.shutdown.grace.0 < Duration::from_secs(1) {
+            return Err(invalid("shutdown.grace", "must be at least 1s"));
+        }
         if self.channels.is_empty() {
             return Err(invalid(
                 "channel",

@@ -87,8 +87,11 @@ pub struct Gateway {
     pub node_id: String,
 }
 
-/// How long listeners may take to finish messages in hand after the stop signal.
-const GRACE: Duration = Duration::from_secs(20);
+/// The part of `shutdown.grace` listeners may take to finish the messages in hand: four
+/// fifths, so that delivery workers have the rest to finish their attempt in hand.
+fn listener_grace(grace: Duration) -> Duration {
+    grace * 4 / 5
+}
 
 impl Gateway {
     /// Where the admin API listens, if it is on.
@@ -196,7 +199,7 @@ impl Gateway {
             settings.max_connections = src.max_connections;
             settings.read_timeout = src.read_timeout.0;
             settings.idle_timeout = Some(src.idle_timeout.0);
-            settings.grace_period = GRACE;
+            settings.grace_period = listener_grace(config.shutdown.grace.0);
             let mut framing = FramingOptions::default()
                 .with_max_frame_len(usize::try_from(src.max_message_size.0).unwrap_or(usize::MAX));
             framing.strict = src.strict_framing;
@@ -295,12 +298,14 @@ impl Gateway {
             tasks.spawn(crate::admin::serve(listener, gateway.clone())?);
         }
         tasks.spawn(housekeeping(gateway.clone()));
+        let grace = gateway.config.shutdown.grace.0;
         Ok((
             gateway,
             Running {
                 tasks,
                 workers,
                 workers_stop,
+                grace,
             },
         ))
     }
@@ -480,14 +485,18 @@ pub struct Running {
     tasks: JoinSet<()>,
     workers: JoinSet<()>,
     workers_stop: CancellationToken,
+    /// `shutdown.grace`: the longest [`Running::stop`] takes.
+    grace: Duration,
 }
 
 impl Running {
-    /// Stops in order: listeners stop accepting and finish messages in hand (within the
-    /// grace period), then workers finish their attempt in hand, then the store closes.
+    /// Stops in order, within `shutdown.grace`: listeners stop accepting and finish the
+    /// messages in hand, then workers finish their attempt in hand (at least 1 s is left
+    /// for them), then the store closes.
     pub async fn stop(mut self, gateway: &Gateway) {
+        let deadline = tokio::time::Instant::now() + self.grace;
         gateway.stopping.cancel();
-        let drained = tokio::time::timeout(GRACE + Duration::from_secs(5), async {
+        let drained = tokio::time::timeout_at(deadline, async {
             while self.tasks.join_next().await.is_some() {}
         })
         .await;
@@ -496,7 +505,8 @@ impl Running {
             self.tasks.abort_all();
         }
         self.workers_stop.cancel();
-        if tokio::time::timeout(Duration::from_secs(35), async {
+        let workers_until = deadline.max(tokio::time::Instant::now() + Duration::from_secs(1));
+        if tokio::time::timeout_at(workers_until, async {
             while self.workers.join_next().await.is_some() {}
         })
         .await

@@ -363,7 +363,7 @@ impl ChannelIngest {
                 })
         };
         match outcome {
-            Ok(Ok(Attempt::Delivered { code, text })) => {
+            Ok(Ok(Attempt::Delivered { code, text, .. })) => {
                 (relay_code(code.as_deref(), Outcome::Accept), text, None)
             }
             Ok(Ok(Attempt::Retry(error))) => (

@@ -102,6 +102,7 @@ mod tests {
         Attempt::Delivered {
             code: Some("AA".into()),
             text: Some(text.into()),
+            ack: None,
         }
     }
 

@@ -256,6 +256,8 @@ pub struct Delivery {
     pub control_id: String,
     /// The parsed ACK; `None` when a commit ACK block was taken as delivery.
     pub reply: Option<AckReply>,
+    /// The ACK as received (its payload, without the MLLP block bytes), when there was one.
+    pub raw: Option<Bytes>,
 }
 
 // === Transport ===
@@ -454,6 +456,7 @@ impl Client {
                     status: AckStatus::NotRequested,
                     control_id: control_id_str.to_owned(),
                     reply: None,
+                    raw: None,
                 })
             }
             Ok(Err(e)) => Err(ClientError::Write(e)),
@@ -499,6 +502,7 @@ impl Client {
                             status: AckStatus::Accepted,
                             control_id: control_id_str.to_owned(),
                             reply: None,
+                            raw: None,
                         });
                     }
                     Decoded::Frame(Frame::CommitAck) => {
@@ -664,6 +668,7 @@ fn check_reply(reply: &Bytes, sent: &[u8], sent_str: &str) -> Result<Delivery, C
         status: AckStatus::of(ack.code),
         control_id: sent_str.to_owned(),
         reply: Some(ack),
+        raw: Some(reply.clone()),
     })
 }
 

@@ -100,7 +100,21 @@ pub async fn run(args: &Args) -> anyhow::Result<ExitCode> {
     }
     eprintln!("causeway: ready; stop with Ctrl-C or SIGTERM");
     super::listen::shutdown_signal().await;
-    eprintln!("causeway: stopping: finishing messages in hand");
+    eprintln!(
+        "causeway: stopping within {:?}: finishing messages in hand (a second signal exits at once)",
+        gateway.config.shutdown.grace.0
+    );
+    tokio::spawn(async {
+        super::listen::shutdown_signal().await;
+        // Nothing acknowledged is lost: an ACK goes out only after its message is synced.
+        // Attempts in hand are made again after the restart (at least once).
+        eprintln!(
+            "causeway: second signal: exiting now; attempts in hand are retried after restart"
+        );
+        // Exiting now is the point: returning would wait for the very work being cut short.
+        #[allow(clippy::disallowed_methods)]
+        std::process::exit(1);
+    });
     running.stop(&gateway).await;
     Ok(ExitCode::SUCCESS)
 }

@@ -939,3 +939,81 @@ fn logs_hold_no_segment_contents() {
         "{logs:#?}"
     );
 }
+
+/// An MLLP receiver that takes connections and bytes and never answers; returns its port
+/// and a flag set once it has received something.
+fn silent_receiver() -> (u16, std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    use std::io::Read;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let got = std::sync::Arc::new(AtomicBool::new(false));
+    let flag = got.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let flag = flag.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = stream.read(&mut buf) {
+                    if n == 0 {
+                        return;
+                    }
+                    flag.store(true, Ordering::SeqCst);
+                }
+            });
+        }
+    });
+    (port, got)
+}
+
+/// A stop takes at most `shutdown.grace`, even while a delivery waits for an ACK that is
+/// not coming (its `ack_timeout` is a minute); a second signal exits at once, non-zero.
+#[test]
+fn a_stop_keeps_to_its_grace_and_a_second_signal_cuts_it_short() {
+    let (port, got) = silent_receiver();
+    let dir = tempfile::tempdir().unwrap();
+    let destination = format!(
+        "[[channel.destination]]\nname = \"lab\"\ntype = \"mllp\"\nto = \"127.0.0.1:{port}\"\n\
+         ack_timeout = \"60s\"\n"
+    );
+    let start = |name: &str, grace: &str| -> Child {
+        let text = format!(
+            "{}\n[shutdown]\ngrace = \"{grace}\"\n",
+            config(&dir.path().join(name), "127.0.0.1:0", &destination)
+        );
+        let path = write(dir.path().join(format!("{name}.toml")), &text);
+        let serve = Serve::start(&path);
+        got.store(false, std::sync::atomic::Ordering::SeqCst);
+        let mut conn = MllpConn::connect(serve.addr("main"), Duration::from_secs(10)).unwrap();
+        let reply = conn.send(&e2e::load_message(0, 1)).unwrap();
+        assert_eq!(e2e::ack_code(&reply).as_deref(), Some("AA"));
+        wait_until(WAIT, || {
+            got.load(std::sync::atomic::Ordering::SeqCst).then_some(())
+        })
+        .expect("the delivery never reached the receiver");
+        serve.child
+    };
+
+    // A graceful stop, cut at its grace while the worker still waits for the ACK.
+    let mut serve = start("graceful", "2s");
+    let began = Instant::now();
+    let status = serve.terminate(Duration::from_secs(30));
+    let took = began.elapsed();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        took < Duration::from_secs(15),
+        "the stop took {took:?} with a grace of 2 s"
+    );
+
+    // A second signal while a long grace runs: out at once.
+    let mut serve = start("forced", "60s");
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(serve.id().to_string())
+        .status();
+    serve.wait_for_line(true, WAIT, |l| l.starts_with("causeway: stopping within"));
+    let status = serve.terminate(Duration::from_secs(15));
+    assert_eq!(status.code(), Some(1), "{status:?}");
+    serve.wait_for_line(true, WAIT, |l| l.contains("second signal: exiting now"));
+}

@@ -70,6 +70,7 @@ impl FileSender {
                     Attempt::Delivered {
                         code: None,
                         text: None,
+                        ack: None,
                     };
                     written
                 ];
@@ -253,7 +254,8 @@ mod tests {
             sender.send(&out).await,
             Attempt::Delivered {
                 code: None,
-                text: None
+                text: None,
+                ack: None,
             }
         );
         let written = std::fs::read(dir.path().join("adt-ADT_A01-7-C_1.hl7")).unwrap();

@@ -103,6 +103,7 @@ impl HttpSender {
                     Attempt::Delivered {
                         code: Some(status.as_u16().to_string()),
                         text,
+                        ack: None,
                     }
                 } else if self.permanent.contains(&status.as_u16()) {
                     Attempt::Permanent(format!("HTTP {status}").into())

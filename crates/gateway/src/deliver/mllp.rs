@@ -68,9 +68,11 @@ impl MllpSender {
                     )
                 };
                 match delivery.status {
-                    AckStatus::Accepted | AckStatus::NotRequested => {
-                        Attempt::Delivered { code, text }
-                    }
+                    AckStatus::Accepted | AckStatus::NotRequested => Attempt::Delivered {
+                        code,
+                        text,
+                        ack: delivery.raw.clone(),
+                    },
                     AckStatus::Error if self.retry_on_ae => Attempt::Retry(refused()),
                     _ => Attempt::Permanent(refused()),
                 }

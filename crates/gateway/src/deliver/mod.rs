@@ -37,6 +37,8 @@ pub enum Attempt {
         code: Option<String>,
         /// MSA-3 or the ERR text, or a short response body.
         text: Option<String>,
+        /// The whole ACK as received (MLLP), kept with the attempt.
+        ack: Option<bytes::Bytes>,
     },
     /// A failure a retry may fix (connection, timeout, AE, HTTP 5xx).
     Retry(Failure),
@@ -499,14 +501,14 @@ pub(crate) fn settle(
     let message_id = pending.message_id.0;
     let control_id = &pending.control_id;
     match attempt {
-        Attempt::Delivered { code, text } => {
+        Attempt::Delivered { code, text, ack } => {
             debug!(%destination, message_id, %control_id, ?code, "{kind}delivered");
             metrics.delivered(channel, destination, elapsed);
             (
                 AttemptResult::Delivered {
                     ack_code: code.clone(),
                     ack_text: text.clone(),
-                    ack_raw: None,
+                    ack_raw: ack.clone(),
                 },
                 true,
             )

@@ -247,7 +247,9 @@ async fn outcome(
             return done;
         }
         match tokio::time::timeout(Duration::from_secs(5), rx).await {
-            Ok(Ok(Attempt::Delivered { code, text })) => return (Verdict::Delivered, code, text),
+            Ok(Ok(Attempt::Delivered { code, text, .. })) => {
+                return (Verdict::Delivered, code, text);
+            }
             Ok(Ok(Attempt::Permanent(e))) => return (Verdict::Refused, None, Some(e.to_string())),
             Ok(Ok(Attempt::Retry(e))) => {
                 // The last attempt may have dead-lettered it: the store says.

@@ -193,12 +193,17 @@ impl LinkWorker {
                         self.peer,
                         if duplicate { " (resend)" } else { "" }
                     )),
+                    ack: None,
                 },
                 Some(Reply::Outcome {
                     result: Verdict::Delivered,
                     code,
                     text,
-                }) => Attempt::Delivered { code, text },
+                }) => Attempt::Delivered {
+                    code,
+                    text,
+                    ack: None,
+                },
                 Some(Reply::Outcome {
                     result: Verdict::Retry,
                     text,
@@ -318,7 +323,11 @@ fn relay_outcome(waiters: &Waiters, id: MessageId, destination: &str, reply: Rep
             result: Verdict::Delivered,
             code,
             text,
-        } => Attempt::Delivered { code, text },
+        } => Attempt::Delivered {
+            code,
+            text,
+            ack: None,
+        },
         Reply::Outcome {
             result: Verdict::Retry,
             text,

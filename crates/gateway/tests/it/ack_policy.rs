@@ -76,6 +76,32 @@ retry_max = "200ms"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // The destination's whole ACK is kept with the attempt that it acknowledged.
+    let page = gateway
+        .store
+        .search(causeway_store::SearchQuery {
+            control_id: Some("A1".into()),
+            limit: 1,
+            ..causeway_store::SearchQuery::default()
+        })
+        .await
+        .unwrap();
+    let record = gateway
+        .store
+        .message(page.messages[0].id)
+        .await
+        .unwrap()
+        .unwrap();
+    match &record.deliveries[0].attempts[0].result {
+        causeway_store::AttemptResult::Delivered { ack_raw, .. } => {
+            let ack = String::from_utf8_lossy(ack_raw.as_deref().unwrap_or_default()).into_owned();
+            assert!(
+                ack.starts_with("MSH|") && ack.contains("MSA|AA|A1|downstream says 0"),
+                "{ack:?}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
     running.stop(&gateway).await;
 }
 
