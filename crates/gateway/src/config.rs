@@ -498,6 +498,9 @@ pub struct ServerTlsConfig {
     pub cert: PathBuf,
     /// Private key (PEM).
     pub key: PathBuf,
+    /// Password of an encrypted `key` (PKCS#8 `ENCRYPTED PRIVATE KEY`, as `openssl
+    /// genpkey -aes256` writes it); `${ENV_VAR}` reads it from the environment.
+    pub key_password: Option<Secret>,
     /// CA bundle (PEM) for client certificates: mutual TLS when set.
     pub client_ca: Option<PathBuf>,
     /// Client identities admitted: `cn:NAME`, `dns:NAME`, `uri:URI`. Empty admits any
@@ -673,6 +676,8 @@ pub struct ClientTlsConfig {
     pub cert: Option<PathBuf>,
     /// Its private key (PEM).
     pub key: Option<PathBuf>,
+    /// Password of an encrypted `key` (PKCS#8); `${ENV_VAR}` reads it from the environment.
+    pub key_password: Option<Secret>,
     /// Name to check in the certificate (default: the host of `to`).
     pub server_name: Option<String>,
 }
@@ -884,6 +889,9 @@ impl SourceConfig {
             ));
         }
         if let Some(tls) = &self.tls {
+            if let Some(pw) = &tls.key_password {
+                pw.resolve(&format!("{key}.source.tls.key_password"))?;
+            }
             for (j, rule) in tls.allow_clients.iter().enumerate() {
                 rule.parse::<causeway_mllp::tls::IdentityRule>()
                     .map_err(|e| {
@@ -922,6 +930,9 @@ impl DestinationKind {
                     if let Some(pin) = &tls.pin {
                         pin.parse::<causeway_mllp::tls::Fingerprint>()
                             .map_err(|e| invalid(format!("{dkey}.tls.pin"), e.to_string()))?;
+                    }
+                    if let Some(pw) = &tls.key_password {
+                        pw.resolve(&format!("{dkey}.tls.key_password"))?;
                     }
                 }
             }

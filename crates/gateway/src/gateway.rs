@@ -433,6 +433,12 @@ fn source_tls(
         reason,
     };
     let mut t = ServerTlsSettings::new(&tls.cert, &tls.key);
+    if let Some(pw) = &tls.key_password {
+        let pw = pw
+            .resolve(&format!("channel {channel} source.tls.key_password"))
+            .map_err(|e| setup(e.to_string()))?;
+        t = t.with_key_password(causeway_mllp::tls::KeyPassword::new(pw));
+    }
     if let Some(ca) = &tls.client_ca {
         t = t.with_client_ca(ca);
     }

@@ -80,6 +80,20 @@ pub enum TlsError {
     /// A fingerprint is not 64 hex digits (colons allowed).
     #[error("invalid SHA-256 fingerprint {0:?}: want 64 hex digits")]
     InvalidFingerprint(String),
+    /// The private key is encrypted and no password was given.
+    #[error("{path}: the private key is encrypted; give its password (key_password)")]
+    KeyEncrypted {
+        /// The file.
+        path: PathBuf,
+    },
+    /// An encrypted private key could not be decrypted or read.
+    #[error("{path}: cannot decrypt the private key: {reason}")]
+    KeyDecrypt {
+        /// The file.
+        path: PathBuf,
+        /// Why (a wrong password looks like a bad padding or a bad key structure).
+        reason: String,
+    },
     /// An identity rule is not `cn:NAME`, `dns:NAME` or `uri:URI`.
     #[error("invalid client identity rule {0:?}: want cn:NAME, dns:NAME or uri:URI")]
     InvalidIdentityRule(String),
@@ -343,6 +357,8 @@ pub struct ServerTlsSettings {
     /// Client identities admitted on this listener. Empty admits every client
     /// the CA bundle verifies; non-empty needs `client_ca_path`.
     pub allowed_clients: Vec<IdentityRule>,
+    /// Password of an encrypted `key_path` (PKCS#8 `ENCRYPTED PRIVATE KEY`).
+    pub key_password: Option<KeyPassword>,
 }
 
 impl ServerTlsSettings {
@@ -353,7 +369,14 @@ impl ServerTlsSettings {
             key_path: key_path.into(),
             client_ca_path: None,
             allowed_clients: Vec::new(),
+            key_password: None,
         }
+    }
+
+    /// Decrypts the key with this password.
+    pub fn with_key_password(mut self, password: KeyPassword) -> Self {
+        self.key_password = Some(password);
+        self
     }
 
     /// Requires client certificates signed by the CAs in `ca_path`.
@@ -498,7 +521,7 @@ fn stamps(settings: &ServerTlsSettings) -> Vec<FileStamp> {
 fn build_server_config(settings: &ServerTlsSettings) -> Result<ServerConfig, TlsError> {
     let provider = provider();
     let certs = read_certs(&settings.cert_path)?;
-    let key = read_key(&settings.key_path)?;
+    let key = read_key_with_password(&settings.key_path, settings.key_password.as_ref())?;
     let builder =
         ServerConfig::builder_with_provider(provider.clone()).with_protocol_versions(VERSIONS)?;
     let builder = match &settings.client_ca_path {
@@ -544,11 +567,81 @@ pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
 
 /// Reads the private key of a PEM file.
 pub fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    read_key_with_password(path, None)
+}
+
+/// The password of an encrypted private key. Never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct KeyPassword(String);
+
+impl KeyPassword {
+    /// Wraps a password.
+    pub fn new(password: impl Into<String>) -> Self {
+        KeyPassword(password.into())
+    }
+}
+
+impl std::fmt::Debug for KeyPassword {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeyPassword(***)")
+    }
+}
+
+/// The PEM label of a PKCS#8 `EncryptedPrivateKeyInfo`.
+const ENCRYPTED_KEY_LABEL: &str = "ENCRYPTED PRIVATE KEY";
+
+/// Reads the private key of a PEM file: plain (PKCS#8, PKCS#1 or SEC1), or a PKCS#8
+/// `ENCRYPTED PRIVATE KEY` (PBES2: PBKDF2 or scrypt with AES-CBC, what `openssl genpkey
+/// -aes256` and `openssl pkcs8 -topk8` write) decrypted with `password`. OpenSSL's legacy
+/// encrypted PEM (`Proc-Type: 4,ENCRYPTED`) is refused with the command that converts it.
+pub fn read_key_with_password(
+    path: &Path,
+    password: Option<&KeyPassword>,
+) -> Result<PrivateKeyDer<'static>, TlsError> {
     let pem = read_file(path)?;
-    PrivateKeyDer::from_pem_slice(&pem).map_err(|source| TlsError::Pem {
+    let text = String::from_utf8_lossy(&pem);
+    let decrypt_error = |reason: String| TlsError::KeyDecrypt {
         path: path.to_owned(),
-        source,
-    })
+        reason,
+    };
+    if text.contains("Proc-Type: 4,ENCRYPTED") {
+        return Err(decrypt_error(
+            "legacy OpenSSL encryption (Proc-Type); convert it with \
+             `openssl pkcs8 -topk8 -v2 aes-256-cbc -in OLD -out NEW`"
+                .to_owned(),
+        ));
+    }
+    let begin = format!("-----BEGIN {ENCRYPTED_KEY_LABEL}-----");
+    let Some(start) = text.find(&begin) else {
+        return PrivateKeyDer::from_pem_slice(&pem).map_err(|source| TlsError::Pem {
+            path: path.to_owned(),
+            source,
+        });
+    };
+    let Some(password) = password else {
+        return Err(TlsError::KeyEncrypted {
+            path: path.to_owned(),
+        });
+    };
+    let end_marker = format!("-----END {ENCRYPTED_KEY_LABEL}-----");
+    let end = text[start..]
+        .find(&end_marker)
+        .map(|i| start + i + end_marker.len())
+        .ok_or_else(|| decrypt_error(format!("no {end_marker} line")))?;
+    let (label, der) = pkcs8::der::pem::decode_vec(text[start..end].as_bytes())
+        .map_err(|e| decrypt_error(format!("bad PEM: {e}")))?;
+    if label != ENCRYPTED_KEY_LABEL {
+        return Err(decrypt_error(format!("unexpected PEM label {label:?}")));
+    }
+    let info = pkcs8::EncryptedPrivateKeyInfo::try_from(der.as_slice())
+        .map_err(|e| decrypt_error(e.to_string()))?;
+    let plain = info
+        .decrypt(password.0.as_bytes())
+        .map_err(|e| decrypt_error(format!("{e} (is the password right?)")))?;
+    // A wrong password that happens to unpad cleanly leaves garbage: check the structure.
+    pkcs8::PrivateKeyInfo::try_from(plain.as_bytes())
+        .map_err(|e| decrypt_error(format!("{e} (is the password right?)")))?;
+    Ok(PrivateKeyDer::Pkcs8(plain.as_bytes().to_vec().into()))
 }
 
 /// Reads a PEM bundle of CA certificates into a root store.
@@ -579,6 +672,8 @@ pub struct ClientTlsSettings {
     pub client_cert_path: Option<PathBuf>,
     /// PEM private key for `client_cert_path`.
     pub client_key_path: Option<PathBuf>,
+    /// Password of an encrypted `client_key_path` (PKCS#8 `ENCRYPTED PRIVATE KEY`).
+    pub client_key_password: Option<KeyPassword>,
 }
 
 impl ClientTlsSettings {
@@ -640,9 +735,10 @@ impl ClientTls {
             .dangerous()
             .with_custom_certificate_verifier(verifier);
         let config = match (&settings.client_cert_path, &settings.client_key_path) {
-            (Some(cert), Some(key)) => {
-                builder.with_client_auth_cert(read_certs(cert)?, read_key(key)?)?
-            }
+            (Some(cert), Some(key)) => builder.with_client_auth_cert(
+                read_certs(cert)?,
+                read_key_with_password(key, settings.client_key_password.as_ref())?,
+            )?,
             (None, None) => builder.with_no_client_auth(),
             _ => return Err(TlsError::IncompleteClientCert),
         };

@@ -325,7 +325,8 @@ fn openssl_s_client_sees_tls12_or_13_only() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("Cipher is (NONE)"));
 }
 
-/// `serve` over TLS at both ends, with peers nobody here wrote: python-hl7's client sends
+/// `serve` over TLS at both ends, with peers nobody here wrote, its own keys encrypted
+/// (passwords from the environment and inline): python-hl7's client sends
 /// through Python's `ssl` with a client certificate to a source that requires one and
 /// allows only `cn:ehr-1`; the message is stored with that identity and delivered over
 /// mutual TLS to python-hl7's server (Python's `ssl`, client certificates required). A
@@ -347,6 +348,26 @@ fn serve_over_mtls_from_python_hl7_to_python_hl7() {
         pki.ca.to_str().unwrap(),
     ]);
     let dir = tempfile::tempdir().unwrap();
+    // Both of the gateway's keys are password-protected, as `openssl` writes them: the
+    // source's password comes from the environment, the destination's is written inline.
+    let encrypt = |key: &Path, password: &str| -> std::path::PathBuf {
+        let out = dir.path().join(format!(
+            "{}.enc.key",
+            key.file_stem().unwrap().to_string_lossy()
+        ));
+        let status = Command::new("openssl")
+            .args(["pkcs8", "-topk8", "-v2", "aes-256-cbc", "-in"])
+            .arg(key)
+            .arg("-out")
+            .arg(&out)
+            .args(["-passout", &format!("pass:{password}")])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        out
+    };
+    let source_key = encrypt(&source.key, "source-pass");
+    let outbound_key = encrypt(&outbound.key, "outbound-pass");
     let config = format!(
         r#"[store]
 path = {data:?}
@@ -363,6 +384,7 @@ bind = "127.0.0.1:0"
 [channel.source.tls]
 cert = {scert:?}
 key = {skey:?}
+key_password = "${{CAUSEWAY_TEST_SOURCE_KEY_PASSWORD}}"
 client_ca = {ca:?}
 allow_clients = ["cn:ehr-1"]
 
@@ -377,21 +399,47 @@ retry_max = "500ms"
 ca = {ca:?}
 cert = {ocert:?}
 key = {okey:?}
+key_password = "outbound-pass"
 "#,
         data = dir.path().join("data"),
         scert = source.cert,
-        skey = source.key,
+        skey = source_key,
         ca = pki.ca,
         ocert = outbound.cert,
-        okey = outbound.key,
+        okey = outbound_key,
     );
     let path = dir.path().join("causeway.toml");
     std::fs::write(&path, config).unwrap();
-    let check = causeway(&["config", "check", path.to_str().unwrap()]);
+    const PASSWORD_ENV: (&str, &str) = ("CAUSEWAY_TEST_SOURCE_KEY_PASSWORD", "source-pass");
+    // Without the password in the environment, the check names the variable.
+    let check = Command::new(env!("CARGO_BIN_EXE_causeway"))
+        .args(["config", "check", path.to_str().unwrap()])
+        .env_remove(PASSWORD_ENV.0)
+        .output()
+        .unwrap();
+    assert_eq!(check.status.code(), Some(78), "{check:?}");
+    assert!(String::from_utf8_lossy(&check.stderr).contains(PASSWORD_ENV.0));
+    // With a wrong one, the check fails on the key, before anything listens.
+    let check = Command::new(env!("CARGO_BIN_EXE_causeway"))
+        .args(["config", "check", path.to_str().unwrap()])
+        .env(PASSWORD_ENV.0, "wrong")
+        .output()
+        .unwrap();
+    assert_eq!(check.status.code(), Some(78), "{check:?}");
+    assert!(
+        String::from_utf8_lossy(&check.stderr).contains("cannot decrypt the private key"),
+        "{check:?}"
+    );
+    let check = Command::new(env!("CARGO_BIN_EXE_causeway"))
+        .args(["config", "check", path.to_str().unwrap()])
+        .env(PASSWORD_ENV.0, PASSWORD_ENV.1)
+        .output()
+        .unwrap();
     assert!(check.status.success(), "{check:?}");
-    let serve = Child::spawn(
+    let serve = Child::spawn_env(
         env!("CARGO_BIN_EXE_causeway"),
         &["serve", "--config", path.to_str().unwrap()],
+        &[PASSWORD_ENV],
     );
     serve.wait_for_line(true, WAIT, |l| l.starts_with("causeway: ready"));
     let lines = serve.stderr_lines();

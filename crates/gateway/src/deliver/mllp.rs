@@ -33,6 +33,13 @@ impl MllpSender {
                 .map_err(|e| format!("tls.pin: {e}"))?;
             t.client_cert_path = tls.cert.clone();
             t.client_key_path = tls.key.clone();
+            t.client_key_password = tls
+                .key_password
+                .as_ref()
+                .map(|pw| pw.resolve("tls.key_password"))
+                .transpose()
+                .map_err(|e| e.to_string())?
+                .map(causeway_mllp::tls::KeyPassword::new);
             t.server_name = tls.server_name.clone();
             settings.tls = Some(ClientTls::load(&t).map_err(|e| format!("TLS: {e}"))?);
         }

@@ -60,6 +60,8 @@ pub struct LinkConfig {
     pub cert: PathBuf,
     /// Its private key (PEM).
     pub key: PathBuf,
+    /// Password of an encrypted `key` (PKCS#8); `${ENV_VAR}` reads it from the environment.
+    pub key_password: Option<crate::config::Secret>,
     /// Also allow TLS 1.2 (TLS 1.3 only by default).
     #[serde(default)]
     pub tls12: bool,

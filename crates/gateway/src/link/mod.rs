@@ -415,6 +415,8 @@ pub struct Started {
 /// Loads the link's TLS files and secrets as [`start`] would, binding and dialling
 /// nothing (see [`crate::gateway::preflight`]).
 pub fn preflight(lc: &config::LinkConfig) -> Result<(), String> {
+    let password = key_password(lc)?;
+    let password = password.as_ref();
     match lc.role() {
         Role::Edge => {
             config::HubUrl::parse(lc.hub.as_deref().unwrap_or_default())?;
@@ -424,8 +426,15 @@ pub fn preflight(lc: &config::LinkConfig) -> Result<(), String> {
                 .map(str::parse::<causeway_mllp::tls::Fingerprint>)
                 .transpose()
                 .map_err(|e| format!("link.hub_pin: {e}"))?;
-            tls::client_config(lc.hub_ca.as_deref(), pin, &lc.cert, &lc.key, lc.tls12)
-                .map_err(|e| format!("link TLS: {e}"))?;
+            tls::client_config(
+                lc.hub_ca.as_deref(),
+                pin,
+                &lc.cert,
+                &lc.key,
+                password,
+                lc.tls12,
+            )
+            .map_err(|e| format!("link TLS: {e}"))?;
             if let Some(pw) = &lc.proxy_password {
                 pw.resolve("link.proxy_password")
                     .map_err(|e| e.to_string())?;
@@ -436,7 +445,7 @@ pub fn preflight(lc: &config::LinkConfig) -> Result<(), String> {
                 .client_ca
                 .as_deref()
                 .ok_or("link.client_ca is required")?;
-            tls::server_config(&lc.cert, &lc.key, client_ca, lc.tls12)
+            tls::server_config(&lc.cert, &lc.key, password, client_ca, lc.tls12)
                 .map_err(|e| format!("link TLS: {e}"))?;
             for e in &lc.edges {
                 e.identity_rule()?;
@@ -444,6 +453,18 @@ pub fn preflight(lc: &config::LinkConfig) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// `link.key_password`, read from the environment when written `${VAR}`.
+fn key_password(
+    lc: &config::LinkConfig,
+) -> Result<Option<causeway_mllp::tls::KeyPassword>, String> {
+    lc.key_password
+        .as_ref()
+        .map(|pw| pw.resolve("link.key_password"))
+        .transpose()
+        .map(|pw| pw.map(causeway_mllp::tls::KeyPassword::new))
+        .map_err(|e| e.to_string())
 }
 
 pub async fn start(
@@ -483,8 +504,9 @@ pub async fn start(
             let tls = {
                 let (ca, cert, key, tls12) =
                     (lc.hub_ca.clone(), lc.cert.clone(), lc.key.clone(), lc.tls12);
+                let password = key_password(&lc)?;
                 tls::Reloading::new(move || {
-                    tls::client_config(ca.as_deref(), pin, &cert, &key, tls12)
+                    tls::client_config(ca.as_deref(), pin, &cert, &key, password.as_ref(), tls12)
                 })
                 .map_err(|e| format!("link TLS: {e}"))?
             };
@@ -528,9 +550,12 @@ pub async fn start(
                     client_ca.to_owned(),
                     lc.tls12,
                 );
+                let password = key_password(&lc)?;
                 Arc::new(
-                    tls::Reloading::new(move || tls::server_config(&cert, &key, &ca, tls12))
-                        .map_err(|e| format!("link TLS: {e}"))?,
+                    tls::Reloading::new(move || {
+                        tls::server_config(&cert, &key, password.as_ref(), &ca, tls12)
+                    })
+                    .map_err(|e| format!("link TLS: {e}"))?,
                 )
             };
             let edges = lc

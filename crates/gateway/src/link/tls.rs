@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use causeway_mllp::tls::{self, Fingerprint};
+use causeway_mllp::tls::{self, Fingerprint, KeyPassword};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
@@ -72,8 +72,8 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     tls::read_certs(path).map_err(|e| e.to_string())
 }
 
-fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
-    tls::read_key(path).map_err(|e| e.to_string())
+fn read_key(path: &Path, password: Option<&KeyPassword>) -> Result<PrivateKeyDer<'static>, String> {
+    tls::read_key_with_password(path, password).map_err(|e| e.to_string())
 }
 
 fn read_roots(path: &Path) -> Result<RootCertStore, String> {
@@ -85,6 +85,7 @@ fn read_roots(path: &Path) -> Result<RootCertStore, String> {
 pub fn server_config(
     cert: &Path,
     key: &Path,
+    password: Option<&KeyPassword>,
     client_ca: &Path,
     tls12: bool,
 ) -> Result<Arc<ServerConfig>, String> {
@@ -99,7 +100,7 @@ pub fn server_config(
         .with_protocol_versions(versions(tls12))
         .map_err(|e| e.to_string())?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(read_certs(cert)?, read_key(key)?)
+        .with_single_cert(read_certs(cert)?, read_key(key, password)?)
         .map_err(|e| format!("certificate and key: {e}"))?;
     Ok(Arc::new(config))
 }
@@ -111,6 +112,7 @@ pub fn client_config(
     pin: Option<Fingerprint>,
     cert: &Path,
     key: &Path,
+    password: Option<&KeyPassword>,
     tls12: bool,
 ) -> Result<Arc<ClientConfig>, String> {
     let provider = provider();
@@ -130,7 +132,7 @@ pub fn client_config(
         .dangerous()
         .with_custom_certificate_verifier(verifier);
     let config = builder
-        .with_client_auth_cert(read_certs(cert)?, read_key(key)?)
+        .with_client_auth_cert(read_certs(cert)?, read_key(key, password)?)
         .map_err(|e| format!("certificate and key: {e}"))?;
     Ok(Arc::new(config))
 }

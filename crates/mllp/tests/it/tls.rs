@@ -308,3 +308,68 @@ async fn allowlist_without_client_ca_is_a_configuration_error() {
     let missing = ServerTlsSettings::new(pki.dir().join("nope.crt"), &cert.key);
     assert!(ServerTls::load(missing).is_err());
 }
+
+/// Encrypts `key` (PEM) as PKCS#8 with `openssl pkcs8 -topk8`, the way an operator would;
+/// `extra` picks the scheme. Returns the new file.
+fn openssl_encrypt(key: &Path, password: &str, extra: &[&str]) -> std::path::PathBuf {
+    let out = key.with_extension(format!("enc{}.key", extra.len()));
+    let status = std::process::Command::new("openssl")
+        .args(["pkcs8", "-topk8", "-in"])
+        .arg(key)
+        .arg("-out")
+        .arg(&out)
+        .args(["-passout", &format!("pass:{password}")])
+        .args(extra)
+        .status()
+        .expect("run openssl");
+    assert!(status.success(), "openssl pkcs8 failed");
+    out
+}
+
+/// A password-protected key (PKCS#8, as `openssl` writes it: PBKDF2 + AES-256-CBC, or
+/// scrypt) serves and presents certificates once its password is given; without the
+/// password, or with a wrong one, loading fails with a message that says so.
+#[tokio::test]
+async fn encrypted_private_keys_with_their_password() {
+    use causeway_mllp::tls::{KeyPassword, TlsError, read_key, read_key_with_password};
+    let pki = Pki::new("ca");
+    let cert = pki.server("server");
+    let client = pki.client("client", "ehr-1");
+    let pbkdf2 = openssl_encrypt(&cert.key, "s3cret pass", &["-v2", "aes-256-cbc"]);
+    let scrypt = openssl_encrypt(&client.key, "other", &["-scrypt"]);
+    let pem = std::fs::read_to_string(&pbkdf2).unwrap();
+    assert!(pem.contains("BEGIN ENCRYPTED PRIVATE KEY"), "{pem}");
+
+    let plain = read_key(&cert.key).unwrap();
+    let right = KeyPassword::new("s3cret pass");
+    let decrypted = read_key_with_password(&pbkdf2, Some(&right)).unwrap();
+    assert_eq!(decrypted.secret_der(), plain.secret_der());
+    assert!(matches!(
+        read_key(&pbkdf2),
+        Err(TlsError::KeyEncrypted { .. })
+    ));
+    let wrong = read_key_with_password(&pbkdf2, Some(&KeyPassword::new("nope")));
+    match wrong {
+        Err(e @ TlsError::KeyDecrypt { .. }) => {
+            assert!(e.to_string().contains("password"), "{e}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(format!("{right:?}"), "KeyPassword(***)", "never printed");
+
+    // A TLS round trip with both keys encrypted: the server's, and the client's for mTLS.
+    let recorder = Recorder::default();
+    let server_tls = ServerTlsSettings::new(&cert.cert, &pbkdf2)
+        .with_client_ca(&pki.ca)
+        .with_key_password(right);
+    let (server, _) = tls_server(&recorder, server_tls).await;
+    let mut trust = ClientTlsSettings::with_ca(&pki.ca)
+        .server_name("localhost")
+        .client_cert(&client.cert, &scrypt);
+    trust.client_key_password = Some(KeyPassword::new("other"));
+    assert_eq!(
+        send_with(&server, trust, "E1").await.unwrap(),
+        AckStatus::Accepted
+    );
+    server.stop().await;
+}
