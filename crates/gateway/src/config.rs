@@ -467,6 +467,21 @@ pub struct SourceConfig {
     /// Idle connections are closed after this. Default `"10m"`.
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout: Dur,
+    /// Longest time to write one ACK; a sender that stops reading is disconnected.
+    /// Default `"30s"`.
+    #[serde(default = "default_send_timeout")]
+    pub write_timeout: Dur,
+    /// Longest time for a TLS handshake. Default `"10s"`.
+    #[serde(default = "default_connect_timeout")]
+    pub handshake_timeout: Dur,
+    /// TCP keepalive idle time, so that peers gone behind a NAT or firewall are noticed;
+    /// `"0s"` turns keepalive off. Default `"60s"`.
+    #[serde(default = "default_keepalive")]
+    pub tcp_keepalive: Dur,
+    /// MLLP Release 2: send a commit ACK block once the message is stored, before its HL7
+    /// ACK, and a commit NAK block for a refused frame. Default `false` (Release 1).
+    #[serde(default)]
+    pub commit_acks: bool,
     /// Refuse a frame whose end block lacks its CR (lenient by default).
     #[serde(default)]
     pub strict_framing: bool,
@@ -591,6 +606,17 @@ pub struct MllpDestination {
     /// AE/CE from the receiver: retry (default `true`), or treat as permanent like AR.
     #[serde(default = "default_true")]
     pub retry_on_ae: bool,
+    /// Longest time to write one message. Default `"30s"`.
+    #[serde(default = "default_send_timeout")]
+    pub write_timeout: Dur,
+    /// TCP keepalive idle time on the kept-open connection; `"0s"` turns it off.
+    /// Default `"60s"`.
+    #[serde(default = "default_keepalive")]
+    pub tcp_keepalive: Dur,
+    /// MLLP Release 2: count the receiver's commit ACK block as delivery, for receivers
+    /// that send no HL7 ACK. Default `false`: wait for the HL7 ACK and check it.
+    #[serde(default)]
+    pub accept_commit_ack: bool,
     /// TLS to the receiver.
     pub tls: Option<ClientTlsConfig>,
     /// MLLP block bytes, for receivers that use others than the standard ones.
@@ -659,6 +685,13 @@ fn default_send_timeout() -> Dur {
 }
 fn default_connect_timeout() -> Dur {
     Dur(Duration::from_secs(10))
+}
+fn default_keepalive() -> Dur {
+    Dur(Duration::from_secs(60))
+}
+/// `"0s"` means off.
+pub(crate) fn keepalive(d: Dur) -> Option<Duration> {
+    (!d.0.is_zero()).then_some(d.0)
 }
 fn default_true() -> bool {
     true
@@ -888,6 +921,16 @@ impl SourceConfig {
                 "must be at least 1",
             ));
         }
+        for (name, d) in [
+            ("read_timeout", self.read_timeout),
+            ("idle_timeout", self.idle_timeout),
+            ("write_timeout", self.write_timeout),
+            ("handshake_timeout", self.handshake_timeout),
+        ] {
+            if d.0.is_zero() {
+                return Err(invalid(format!("{key}.source.{name}"), "must not be zero"));
+            }
+        }
         if let Some(tls) = &self.tls {
             if let Some(pw) = &tls.key_password {
                 pw.resolve(&format!("{key}.source.tls.key_password"))?;
@@ -917,6 +960,15 @@ impl DestinationKind {
         match self {
             DestinationKind::Mllp(m) => {
                 m.framing.validate(&format!("{dkey}.framing"))?;
+                for (name, d) in [
+                    ("ack_timeout", m.ack_timeout),
+                    ("connect_timeout", m.connect_timeout),
+                    ("write_timeout", m.write_timeout),
+                ] {
+                    if d.0.is_zero() {
+                        return Err(invalid(format!("{dkey}.{name}"), "must not be zero"));
+                    }
+                }
                 if !m.to.contains(':') {
                     return Err(invalid(
                         format!("{dkey}.to"),
@@ -1110,6 +1162,35 @@ mod tests {
                 .to_string()
                 .contains("channel[0].destination[1].name")
         );
+    }
+
+    #[test]
+    fn transport_settings_and_their_checks() {
+        let base = DEFAULT_CONFIG;
+        let c = Config::parse(base).unwrap();
+        let src = c.channels[0].source.as_ref().unwrap();
+        assert_eq!(keepalive(src.tcp_keepalive), Some(Duration::from_secs(60)));
+        assert!(!src.commit_acks);
+        let set = base.replace(
+            "[channel.source]",
+            "[channel.source]\nwrite_timeout = \"5s\"\nhandshake_timeout = \"3s\"\n\
+             tcp_keepalive = \"0s\"\ncommit_acks = true",
+        );
+        let c = Config::parse(&set).unwrap();
+        let src = c.channels[0].source.as_ref().unwrap();
+        assert_eq!(src.write_timeout.0, Duration::from_secs(5));
+        assert_eq!(src.handshake_timeout.0, Duration::from_secs(3));
+        assert_eq!(keepalive(src.tcp_keepalive), None, "0s turns it off");
+        assert!(src.commit_acks);
+        let zero = base.replace(
+            "[channel.source]",
+            "[channel.source]\nwrite_timeout = \"0s\"",
+        );
+        let e = Config::parse(&zero).unwrap_err().to_string();
+        assert!(e.starts_with("channel[0].source.write_timeout:"), "{e}");
+        let grace = format!("{base}\n[shutdown]\ngrace = \"500ms\"\n");
+        let e = Config::parse(&grace).unwrap_err().to_string();
+        assert!(e.starts_with("shutdown.grace:"), "{e}");
     }
 
     #[test]

@@ -199,6 +199,10 @@ impl Gateway {
             settings.max_connections = src.max_connections;
             settings.read_timeout = src.read_timeout.0;
             settings.idle_timeout = Some(src.idle_timeout.0);
+            settings.write_timeout = src.write_timeout.0;
+            settings.handshake_timeout = src.handshake_timeout.0;
+            settings.tcp_keepalive = crate::config::keepalive(src.tcp_keepalive);
+            settings.commit_acks = src.commit_acks;
             settings.grace_period = listener_grace(config.shutdown.grace.0);
             let mut framing = FramingOptions::default()
                 .with_max_frame_len(usize::try_from(src.max_message_size.0).unwrap_or(usize::MAX));

@@ -498,6 +498,12 @@ impl Client {
                         return check_reply(&reply, control_id, control_id_str);
                     }
                     Decoded::Frame(Frame::CommitAck) if settings.accept_commit_ack => {
+                        // The HL7 ACK that may follow is late by then: remembered, so it is
+                        // not taken as the answer to the next message.
+                        if self.unanswered.len() == UNANSWERED {
+                            self.unanswered.pop_front();
+                        }
+                        self.unanswered.push_back(control_id.to_vec());
                         return Ok(Delivery {
                             status: AckStatus::Accepted,
                             control_id: control_id_str.to_owned(),

@@ -19,6 +19,9 @@ impl MllpSender {
         let mut settings = ClientSettings::default();
         settings.ack_timeout = config.ack_timeout.0;
         settings.connect_timeout = config.connect_timeout.0;
+        settings.write_timeout = config.write_timeout.0;
+        settings.tcp_keepalive = crate::config::keepalive(config.tcp_keepalive);
+        settings.accept_commit_ack = config.accept_commit_ack;
         // The worker retries with its own backoff; one connection attempt per send.
         settings.connect_attempts = 1;
         settings.framing = config.framing.apply(settings.framing.clone());

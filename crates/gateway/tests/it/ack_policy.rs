@@ -134,3 +134,83 @@ directory = '{root}/out'
     assert_eq!(reply.code, AckCode::AA);
     running.stop(&gateway).await;
 }
+
+/// MLLP Release 2 from the configuration: a source with `commit_acks` sends a commit ACK
+/// block once the message is stored, and an MLLP destination with `accept_commit_ack`
+/// counts a receiver's commit ACK as delivery without waiting for an HL7 ACK (this
+/// receiver never sends one; without the option, every attempt would time out).
+#[tokio::test]
+async fn release_2_commit_acks_on_both_sides() {
+    // A receiver that answers with a commit ACK block only.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let receiver = listener.local_addr().unwrap();
+    let mut settings = causeway_mllp::server::ServerSettings::default();
+    settings.commit_acks = true;
+    let got = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = got.clone();
+    let handler = move |_msg: bytes::Bytes, _conn: causeway_mllp::server::ConnectionInfo| {
+        seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        async { causeway_mllp::server::Reply::Nothing }
+    };
+    tokio::spawn(causeway_mllp::server::run(
+        listener,
+        handler,
+        settings,
+        std::future::pending::<()>(),
+    ));
+    let (gateway, running, _dir) = start(|_| {
+        format!(
+            r#"
+[admin]
+disabled = true
+[[channel]]
+name = "r2"
+[channel.source]
+bind = "127.0.0.1:0"
+commit_acks = true
+[[channel.destination]]
+name = "lab"
+type = "mllp"
+to = "{receiver}"
+accept_commit_ack = true
+ack_timeout = "2s"
+retry_initial = "50ms"
+retry_max = "100ms"
+"#
+        )
+    })
+    .await;
+    let mut settings = ClientSettings::default();
+    settings.accept_commit_ack = true;
+    let mut client = Client::new(gateway.listening["r2"].to_string(), settings);
+    for id in ["C1", "C2"] {
+        let delivery = client.send(&adt(id)).await.unwrap();
+        assert_eq!(
+            delivery.status,
+            causeway_mllp::client::AckStatus::Accepted,
+            "{id}"
+        );
+        assert!(
+            delivery.reply.is_none(),
+            "{id}: a commit ACK block, not an HL7 ACK"
+        );
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let stats = gateway.store.queue_stats().await.unwrap();
+        if stats.iter().all(|s| s.pending == 0) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not delivered on the receiver's commit ACK: {stats:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        got.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "each sent once"
+    );
+    running.stop(&gateway).await;
+}

@@ -357,6 +357,17 @@ async fn commit_ack_blocks_precede_the_hl7_ack() {
         .await
         .expect("ack after commit block");
     assert!(delivery.reply.is_some(), "waited for the HL7 ACK");
+
+    // Taking the commit block as delivery: the HL7 ACK that follows it is late, and must
+    // not be read as the answer to the next message.
+    let mut settings = quick_client();
+    settings.accept_commit_ack = true;
+    let mut client = Client::new(server.target(), settings);
+    for id in ["R2C", "R2D", "R2E"] {
+        let delivery = client.send(&adt(id)).await.expect(id);
+        assert_eq!(delivery.status, AckStatus::Accepted, "{id}");
+        assert!(delivery.reply.is_none(), "{id}: the commit block");
+    }
     server.stop().await;
 }
 
