@@ -428,6 +428,12 @@ pub async fn dead_letter_and_replay<B: Backend>(backend: B) {
 
     let replayed = store.replay_dead_letters("d", at(10)).await.unwrap();
     assert_eq!(replayed.len(), 2);
+    assert_eq!(
+        replayed.iter().map(|r| r.message).collect::<Vec<_>>(),
+        [m1.id, m2.id],
+        "each with its message, in queue order"
+    );
+    let replayed: Vec<crate::types::DeliveryId> = replayed.iter().map(|r| r.delivery).collect();
     assert!(replayed[0] > m3.deliveries[0] && replayed[0] < replayed[1]);
     assert_eq!(
         head_ids(&store, "d", at(10)).await,

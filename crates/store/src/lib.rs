@@ -63,6 +63,6 @@ pub use types::{
     AttemptRecord, AttemptResult, AuditAction, AuditEntry, AuditId, AuditRecord, Cursor,
     DeliveryId, DeliveryRecord, DeliveryState, DestinationStats, Ingested, Lease, MessageId,
     MessageRecord, MessageStatus, MessageSummary, NewMessage, NewQuarantine, PendingDelivery,
-    PruneReport, QuarantineId, QuarantinePage, QuarantineRecord, Retention, SearchPage,
+    PruneReport, QuarantineId, QuarantinePage, QuarantineRecord, Replayed, Retention, SearchPage,
     SearchQuery, Timestamp,
 };

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+use crate::Replayed;
 use crate::error::Result;
 use crate::types::{
     AttemptResult, AuditEntry, AuditId, AuditRecord, Cursor, DeliveryId, DestinationStats,
@@ -55,11 +56,7 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Replays every dead letter of `destination`, in their queue order, each superseded
     /// by its new delivery at the tail.
-    async fn replay_dead_letters(
-        &self,
-        destination: &str,
-        at: Timestamp,
-    ) -> Result<Vec<DeliveryId>>;
+    async fn replay_dead_letters(&self, destination: &str, at: Timestamp) -> Result<Vec<Replayed>>;
 
     /// Deletes settled messages (delivered, filtered, duplicate) past the retention
     /// limits, and quarantined frames past `max_age`. Never deletes a message with a

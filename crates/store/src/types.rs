@@ -189,6 +189,16 @@ pub struct Ingested {
     pub deliveries: Vec<DeliveryId>,
 }
 
+/// One dead letter [`Store::replay_dead_letters`](crate::Store::replay_dead_letters)
+/// queued again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Replayed {
+    /// The new delivery, at the tail of the queue.
+    pub delivery: DeliveryId,
+    /// Its message (for the audit log: who replayed which messages).
+    pub message: MessageId,
+}
+
 /// A frame that is not an HL7 message, kept for inspection.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NewQuarantine {

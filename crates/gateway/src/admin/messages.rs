@@ -361,17 +361,20 @@ pub async fn replay_dead_letters(
         return Err(ApiError::not_found(format!("no destination {name:?}")));
     };
     let now = Timestamp::from(SystemTime::now());
-    let deliveries = state.gateway.store.replay_dead_letters(&name, now).await?;
-    if !deliveries.is_empty() {
+    let replayed = state.gateway.store.replay_dead_letters(&name, now).await?;
+    if !replayed.is_empty() {
         wake.notify_one();
     }
+    let deliveries: Vec<_> = replayed.iter().map(|r| r.delivery).collect();
+    // Every replayed message is named in the audit record, however many there are.
+    let messages: Vec<_> = replayed.iter().map(|r| r.message).collect();
     let detail = format!(
         "dead letters of {name}: {} new deliveries {}",
         deliveries.len(),
         id_list(&deliveries)
     );
     state
-        .audit(&actor, AuditAction::Replay, Vec::new(), detail)
+        .audit(&actor, AuditAction::Replay, messages.clone(), detail)
         .await
         .map_err(|e| {
             done_but_unaudited(&format!("the dead letters of {name} were replayed"), &e)
@@ -379,6 +382,7 @@ pub async fn replay_dead_letters(
     Ok(Json(json!({
         "destination": name,
         "deliveries": deliveries.iter().map(|d| d.0).collect::<Vec<_>>(),
+        "messages": messages.iter().map(|m| m.0).collect::<Vec<_>>(),
     })))
 }
 

@@ -147,6 +147,15 @@ async fn delivery_when(
     .await
 }
 
+/// `adt_channel`, with the admin API on a free loopback port.
+fn admin_and_adt_channel(destinations: &str) -> String {
+    adt_channel(destinations).replacen(
+        "[admin]\ndisabled = true\n",
+        "[admin]\nbind = \"127.0.0.1:0\"\n",
+        1,
+    )
+}
+
 fn ok_always() -> Script {
     Box::new(|_| StatusCode::OK)
 }
@@ -282,7 +291,7 @@ async fn failures_end_in_dead_letters_that_replay_delivers() {
     .await;
     let url = sink.url.clone();
     let (gateway, running, _dir) = start(|_| {
-        adt_channel(&format!(
+        admin_and_adt_channel(&format!(
             r#"
 [[channel.destination]]
 name = "api"
@@ -316,12 +325,36 @@ retry_max = "50ms"
     let before_replay = sink.seen().len();
     assert_eq!(before_replay, 5, "3 + 1 + 1 requests");
 
-    // The receiver is fixed; the dead letters are replayed, in their queue order.
+    // The receiver is fixed; the dead letters are replayed through the admin API, in their
+    // queue order, and the audit log names both messages.
     sink.set(ok_always());
-    let now = causeway_store::Timestamp::from(std::time::SystemTime::now());
-    let replayed = gateway.store.replay_dead_letters("api", now).await.unwrap();
-    assert_eq!(replayed.len(), 2);
-    gateway.wakers["api"].notify_one();
+    let admin = gateway.admin_addr().unwrap();
+    let reply = reqwest::Client::new()
+        .post(format!(
+            "http://{admin}/api/destinations/api/replay-dead-letters"
+        ))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let reply: serde_json::Value = serde_json::from_str(&reply).unwrap();
+    let (d1_id, d2_id) = (
+        record(&gateway, "D1").await.summary.id,
+        record(&gateway, "D2").await.summary.id,
+    );
+    assert_eq!(
+        reply["messages"],
+        serde_json::json!([d1_id.0, d2_id.0]),
+        "{reply}"
+    );
+    let audit = gateway.store.list_audit(10).await.unwrap();
+    let replay = audit
+        .iter()
+        .find(|a| a.entry.action == causeway_store::AuditAction::Replay)
+        .expect("the replay is audited");
+    assert_eq!(replay.entry.message_ids, [d1_id, d2_id]);
     for id in ["D1", "D2"] {
         eventually("a replay was not delivered", || async {
             let r = record(&gateway, id).await;

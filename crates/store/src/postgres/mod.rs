@@ -48,6 +48,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, NoTls, Row, Statement};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
+use crate::Replayed;
 use crate::error::{Result, StoreError};
 use crate::store::{Store, StoreSettings};
 use crate::types::{
@@ -361,11 +362,7 @@ impl Store for PostgresStore {
         .await
     }
 
-    async fn replay_dead_letters(
-        &self,
-        destination: &str,
-        at: Timestamp,
-    ) -> Result<Vec<DeliveryId>> {
+    async fn replay_dead_letters(&self, destination: &str, at: Timestamp) -> Result<Vec<Replayed>> {
         let destination = destination.to_owned();
         self.in_tx(move |c| {
             Box::pin(async move { ops::replay_dead_letters(c, &destination, at).await })

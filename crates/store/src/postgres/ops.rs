@@ -13,6 +13,7 @@ use bytes::Bytes;
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 
+use crate::Replayed;
 use crate::error::{Result, StoreError};
 use crate::postgres::{PgConn, col, pg_err, pg_text};
 use crate::types::{
@@ -273,7 +274,7 @@ pub(super) async fn replay_dead_letters(
     c: &mut PgConn,
     destination: &str,
     at: Timestamp,
-) -> Result<Vec<DeliveryId>> {
+) -> Result<Vec<Replayed>> {
     let destination = pg_text(destination);
     let dead = dead_letters(c, &destination).await?;
     if dead.is_empty() {
@@ -304,7 +305,10 @@ pub(super) async fn replay_dead_letters(
         )
         .await?;
         refresh_status(c, message_id).await?;
-        created.push(DeliveryId(new));
+        created.push(Replayed {
+            delivery: DeliveryId(new),
+            message: MessageId(message_id),
+        });
     }
     Ok(created)
 }

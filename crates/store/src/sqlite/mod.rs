@@ -47,6 +47,7 @@ use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
+use crate::Replayed;
 use crate::error::{Result, StoreError};
 use crate::store::{Store, StoreSettings};
 use crate::types::{
@@ -296,11 +297,7 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn replay_dead_letters(
-        &self,
-        destination: &str,
-        at: Timestamp,
-    ) -> Result<Vec<DeliveryId>> {
+    async fn replay_dead_letters(&self, destination: &str, at: Timestamp) -> Result<Vec<Replayed>> {
         let destination = destination.to_owned();
         self.write(move |c, _| writer::replay_dead_letters(c, &destination, at))
             .await

@@ -13,6 +13,7 @@ use bytes::Bytes;
 use rusqlite::{CachedStatement, Connection, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::Replayed;
 use crate::error::{Result, StoreError};
 use crate::sqlite::journal::{self, JournalFile, JournalShared, JournalWrite, Redo, RedoRef};
 use crate::sqlite::{WriterCounters, sql_err};
@@ -1355,7 +1356,7 @@ pub(super) fn replay_dead_letters(
     conn: &Connection,
     destination: &str,
     at: Timestamp,
-) -> Result<Vec<DeliveryId>> {
+) -> Result<Vec<Replayed>> {
     let dead: Vec<(i64, i64)> = conn
         .prepare_cached(
             "SELECT id, message_id FROM deliveries
@@ -1380,7 +1381,10 @@ pub(super) fn replay_dead_letters(
             .and_then(|mut s| s.execute([old, new]))
             .map_err(sql_err("supersede dead letter"))?;
         refresh_status(conn, message_id)?;
-        created.push(DeliveryId(new));
+        created.push(Replayed {
+            delivery: DeliveryId(new),
+            message: MessageId(message_id),
+        });
     }
     Ok(created)
 }

@@ -358,8 +358,9 @@ async fn check<B: Backend>(backend: B, ops: Vec<Op>) {
                 let got = store.replay_dead_letters(dest, now).await.unwrap();
                 assert_eq!(got.len(), dead.len(), "step {step}: dead letters of {dest}");
                 for (new, (old, message)) in got.iter().zip(dead) {
+                    assert_eq!(new.message.0, message, "step {step}: replayed message");
                     model.deliveries.get_mut(&old).unwrap().superseded = true;
-                    model.add_delivery(new.0, message, dest);
+                    model.add_delivery(new.delivery.0, message, dest);
                 }
             }
             Op::Prune { max_age, max_msgs } => {
