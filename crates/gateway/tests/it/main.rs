@@ -9,4 +9,5 @@ mod admin;
 mod delivery;
 mod doctor;
 mod http;
+mod ingest;
 mod support;
