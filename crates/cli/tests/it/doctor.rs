@@ -11,9 +11,10 @@
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Duration;
 
+use causeway_testkit::netns::{Netns, ip};
 use causeway_testkit::pki::Pki;
 use causeway_testkit::process::Child;
 use serde_json::Value;
@@ -27,7 +28,7 @@ fn doctor_in(netns: Option<&Netns>, args: &[&str]) -> (Value, i32) {
     let mut cmd = match netns {
         Some(ns) => {
             let mut c = Command::new("ip");
-            c.args(["netns", "exec", &ns.name, BIN]);
+            c.args(["netns", "exec", ns.name(), BIN]);
             c
         }
         None => Command::new(BIN),
@@ -317,103 +318,27 @@ fn negative_ack_to_the_test_message_is_a_warning() {
 
 // === Network namespaces ===
 
-/// Runs `ip ARGS` and panics with its output when it fails.
-fn ip(args: &[&str]) -> Output {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .expect("run ip (iproute2)");
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-/// A network namespace, deleted (with its veth links) on drop.
-#[derive(Debug)]
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    fn new(tag: &str) -> Netns {
-        sweep_stale();
-        let name = format!("cwd-{}-{tag}", std::process::id());
-        ip(&["netns", "add", &name]);
-        let ns = Netns { name };
-        ip(&["-n", &ns.name, "link", "set", "lo", "up"]);
-        ns
-    }
-
-    /// Runs a command inside, panicking on failure.
-    fn run(&self, args: &[&str]) {
-        let mut all = vec!["netns", "exec", &self.name];
-        all.extend_from_slice(args);
-        ip(&all);
-    }
-
-    /// Starts a long-running command inside; it is killed when the Child drops.
-    fn spawn(&self, args: &[&str]) -> Child {
-        let mut all = vec!["netns", "exec", self.name.as_str()];
-        all.extend_from_slice(args);
-        Child::spawn("ip", &all)
-    }
-
-    fn route(&self, args: &[&str]) {
-        let mut all = vec!["-n", &self.name, "route", "add"];
-        all.extend_from_slice(args);
-        ip(&all);
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
-}
-
-/// Deletes namespaces left by test processes that were killed before their drops ran.
-fn sweep_stale() {
-    let list = ip(&["netns", "list"]);
-    for line in String::from_utf8_lossy(&list.stdout).lines() {
-        let name = line.split_whitespace().next().unwrap_or_default();
-        let Some(pid) = name
-            .strip_prefix("cwd-")
-            .and_then(|rest| rest.split('-').next())
-        else {
-            continue;
-        };
-        if !std::path::Path::new("/proc").join(pid).exists() {
-            let _ = Command::new("ip").args(["netns", "del", name]).status();
-        }
-    }
-}
-
 /// One end of a veth link: namespace, interface name, address/prefix, MTU.
 struct End<'a>(&'a Netns, &'a str, &'a str, u32);
 
 fn link(a: End<'_>, b: End<'_>) {
     ip(&[
-        "link", "add", a.1, "netns", &a.0.name, "type", "veth", "peer", "name", b.1, "netns",
-        &b.0.name,
+        "link",
+        "add",
+        a.1,
+        "netns",
+        a.0.name(),
+        "type",
+        "veth",
+        "peer",
+        "name",
+        b.1,
+        "netns",
+        b.0.name(),
     ]);
     for End(ns, dev, addr, mtu) in [a, b] {
-        ip(&["-n", &ns.name, "addr", "add", addr, "dev", dev]);
-        ip(&[
-            "-n",
-            &ns.name,
-            "link",
-            "set",
-            dev,
-            "mtu",
-            &mtu.to_string(),
-            "up",
-        ]);
+        ns.ip(&["addr", "add", addr, "dev", dev]);
+        ns.ip(&["link", "set", dev, "mtu", &mtu.to_string(), "up"]);
     }
 }
 
@@ -439,16 +364,21 @@ fn routed(tag: &str, router_mtu: u32) -> Routed {
         End(&net.router, "r1", "10.231.2.254/24", router_mtu),
         End(&net.server, "s0", "10.231.2.2/24", 1500),
     );
-    net.client.route(&["default", "via", "10.231.1.254"]);
-    net.server.route(&["default", "via", "10.231.2.254"]);
+    net.client
+        .ip(&["route", "add", "default", "via", "10.231.1.254"]);
+    net.server
+        .ip(&["route", "add", "default", "via", "10.231.2.254"]);
     net.router
-        .run(&["sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"]);
+        .run("sh", &["-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"]);
     net
 }
 
 /// `causeway listen` inside `ns` on 10.231.2.2:2575 (or `addr`), ready.
 fn listen_in(ns: &Netns, addr: &str) -> Child {
-    let child = ns.spawn(&[BIN, "listen", "--bind", addr, "--port", "2575", "--quiet"]);
+    let child = ns.spawn(
+        BIN,
+        &["listen", "--bind", addr, "--port", "2575", "--quiet"],
+    );
     child.wait_for_line(true, WAIT, |l| l.starts_with("causeway listen: "));
     child
 }
@@ -461,9 +391,10 @@ fn dropped_packets_time_out() {
         End(&client, "c0", "10.231.1.1/24", 1500),
         End(&server, "s0", "10.231.1.2/24", 1500),
     );
-    server.run(&[
-        "iptables", "-A", "INPUT", "-p", "tcp", "--dport", "2575", "-j", "DROP",
-    ]);
+    server.run(
+        "iptables",
+        &["-A", "INPUT", "-p", "tcp", "--dport", "2575", "-j", "DROP"],
+    );
     let _listener = listen_in(&server, "10.231.1.2");
     let (report, code) = doctor_in(Some(&client), &["10.231.1.2:2575", "--timeout", "1s"]);
     assert_eq!(code, 2);
@@ -483,7 +414,7 @@ fn missing_routes_are_named() {
     assert_check(&report, "route", "ok");
     assert_check(&report, "tcp", "tcp.unreachable");
     // Without a default route the kernel has no route at all.
-    ip(&["-n", &net.client.name, "route", "del", "default"]);
+    net.client.ip(&["route", "del", "default"]);
     let (report, code) = doctor_in(Some(&net.client), &["10.231.9.9:2575", "--timeout", "2s"]);
     assert_eq!(code, 2);
     assert_check(&report, "route", "route.none");
@@ -495,17 +426,19 @@ fn mtu_black_hole_is_found_where_it_starts() {
     // The router cannot forward 1500-byte packets with DF set, and the ICMP "fragmentation
     // needed" that would tell the sender is dropped: the classic black hole.
     for chain in ["OUTPUT", "FORWARD"] {
-        net.router.run(&[
+        net.router.run(
             "iptables",
-            "-A",
-            chain,
-            "-p",
-            "icmp",
-            "--icmp-type",
-            "fragmentation-needed",
-            "-j",
-            "DROP",
-        ]);
+            &[
+                "-A",
+                chain,
+                "-p",
+                "icmp",
+                "--icmp-type",
+                "fragmentation-needed",
+                "-j",
+                "DROP",
+            ],
+        );
     }
     let _listener = listen_in(&net.server, "10.231.2.2");
     let (report, code) = doctor_in(Some(&net.client), &["10.231.2.2:2575", "--timeout", "1s"]);
@@ -524,7 +457,7 @@ fn mtu_black_hole_is_found_where_it_starts() {
 
     // Let the ICMP through and path MTU discovery repairs the path.
     for chain in ["OUTPUT", "FORWARD"] {
-        net.router.run(&["iptables", "-F", chain]);
+        net.router.run("iptables", &["-F", chain]);
     }
     let (report, code) = doctor_in(
         Some(&net.client),

@@ -18,6 +18,7 @@ use causeway_testkit::e2e::{
     Load, LoadSettings, MllpConn, ack_code, check_delivery, control_ids, file_destination_received,
     load_message, wait_until,
 };
+use causeway_testkit::netns::{Netns, ip};
 use causeway_testkit::process::{Child, python, python_peer};
 
 const BIN: &str = env!("CARGO_BIN_EXE_causeway");
@@ -980,90 +981,27 @@ fn link_end_to_end_ack_relays_the_hub_destination() {
 
 // === the network-namespace test ===
 
-/// Runs `ip ARGS`, panicking with its output when it fails.
-fn ip(args: &[&str]) -> std::process::Output {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .expect("run ip (iproute2)");
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-/// A network namespace, deleted (with its veth links) on drop.
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    fn new(tag: &str) -> Netns {
-        // Namespaces of test processes killed before their drops ran.
-        let list = ip(&["netns", "list"]);
-        for line in String::from_utf8_lossy(&list.stdout).lines() {
-            let name = line.split_whitespace().next().unwrap_or_default();
-            if let Some(pid) = name.strip_prefix("cwl-").and_then(|r| r.split('-').next())
-                && !Path::new("/proc").join(pid).exists()
-            {
-                let _ = Command::new("ip").args(["netns", "del", name]).status();
-            }
-        }
-        let name = format!("cwl-{}-{tag}", std::process::id());
-        ip(&["netns", "add", &name]);
-        ip(&["-n", &name, "link", "set", "lo", "up"]);
-        Netns { name }
-    }
-
-    /// `cmd` inside the namespace, as a child process killed on drop.
-    fn spawn(&self, program: &str, args: &[&str]) -> Child {
-        let mut all = vec!["netns", "exec", self.name.as_str(), program];
-        all.extend_from_slice(args);
-        Child::spawn("ip", &all)
-    }
-
-    /// Runs `program args` inside and returns its output.
-    fn output(&self, program: &str, args: &[&str]) -> std::process::Output {
-        Command::new("ip")
-            .args(["netns", "exec", &self.name, program])
-            .args(args)
-            .output()
-            .unwrap()
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
-}
-
 /// A veth pair: `a_dev` with `a_addr` in namespace `a` (root when `None`), `b_dev` with
 /// `b_addr` in `b`.
 fn veth(a: Option<&Netns>, a_dev: &str, a_addr: &str, b: &Netns, b_dev: &str, b_addr: &str) {
     let mut add = vec!["link", "add", a_dev];
     if let Some(a) = a {
-        add.extend_from_slice(&["netns", &a.name]);
+        add.extend_from_slice(&["netns", a.name()]);
     }
-    add.extend_from_slice(&["type", "veth", "peer", "name", b_dev, "netns", &b.name]);
+    add.extend_from_slice(&["type", "veth", "peer", "name", b_dev, "netns", b.name()]);
     ip(&add);
     match a {
         Some(a) => {
-            ip(&["-n", &a.name, "addr", "add", a_addr, "dev", a_dev]);
-            ip(&["-n", &a.name, "link", "set", a_dev, "up"]);
+            ip(&["-n", a.name(), "addr", "add", a_addr, "dev", a_dev]);
+            ip(&["-n", a.name(), "link", "set", a_dev, "up"]);
         }
         None => {
             ip(&["addr", "add", a_addr, "dev", a_dev]);
             ip(&["link", "set", a_dev, "up"]);
         }
     }
-    ip(&["-n", &b.name, "addr", "add", b_addr, "dev", b_dev]);
-    ip(&["-n", &b.name, "link", "set", b_dev, "up"]);
+    ip(&["-n", b.name(), "addr", "add", b_addr, "dev", b_dev]);
+    ip(&["-n", b.name(), "link", "set", b_dev, "up"]);
 }
 
 /// Deletes a root-namespace veth end on drop (its peer goes with it).
@@ -1121,15 +1059,7 @@ fn link_between_network_namespaces() {
     );
     let _l2 = RootLink(to_hub);
     // The hub could send towards the edge's network, but opens no connection anywhere.
-    ip(&[
-        "-n",
-        &hub_ns.name,
-        "route",
-        "add",
-        "default",
-        "via",
-        "10.232.2.1",
-    ]);
+    hub_ns.ip(&["route", "add", "default", "via", "10.232.2.1"]);
     let rule = hub_ns.output(
         "iptables",
         &[

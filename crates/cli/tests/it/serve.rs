@@ -1017,3 +1017,55 @@ fn a_stop_keeps_to_its_grace_and_a_second_signal_cuts_it_short() {
     assert_eq!(status.code(), Some(1), "{status:?}");
     serve.wait_for_line(true, WAIT, |l| l.contains("second signal: exiting now"));
 }
+
+/// README's first quickstart command: `causeway serve` with no arguments, in a network
+/// namespace of its own so that its default ports (2575, 8080) are free. It says where it
+/// listens and where data goes, takes a message on 2575, writes it under
+/// ./causeway-data/outbox, answers /readyz on 8080, and stops cleanly on SIGTERM.
+#[test]
+fn serve_without_arguments_is_the_quickstart() {
+    let ns = causeway_testkit::netns::Netns::new("qs");
+    let dir = tempfile::tempdir().unwrap();
+    let cwd = dir.path().to_str().unwrap();
+    let mut serve = ns.spawn("env", &["-C", cwd, BIN, "serve"]);
+    serve.wait_for_line(true, WAIT, |l| l.starts_with("causeway: ready"));
+    let said = serve.stderr_lines().join("\n");
+    for expected in [
+        "MLLP on 127.0.0.1:2575",
+        "data in ./causeway-data",
+        "admin API on http://127.0.0.1:8080",
+    ] {
+        assert!(said.contains(expected), "{expected:?} not in:\n{said}");
+    }
+    let msg = corpus::dir().join("hapi__ADT_A01__1.hl7");
+    let sent = ns.output(
+        BIN,
+        &["send", "--to", "127.0.0.1:2575", msg.to_str().unwrap()],
+    );
+    assert!(sent.status.success(), "{sent:?}");
+    let outbox = dir.path().join("causeway-data/outbox");
+    let written = wait_until(WAIT, || {
+        let files: Vec<_> = std::fs::read_dir(&outbox).ok()?.flatten().collect();
+        (files.len() == 1).then(|| std::fs::read(files[0].path()).unwrap())
+    })
+    .expect("no file in ./causeway-data/outbox");
+    // `causeway send` ends the last segment with its CR, as MLLP senders do.
+    assert_eq!(
+        trim_end_cr(&written),
+        trim_end_cr(&std::fs::read(&msg).unwrap()),
+        "the message as sent"
+    );
+    let ready = ns.output(
+        python().to_str().unwrap(),
+        &[
+            "-c",
+            "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:8080/readyz').status)",
+        ],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&ready.stdout).trim(),
+        "200",
+        "{ready:?}"
+    );
+    assert!(serve.terminate(Duration::from_secs(30)).success());
+}
