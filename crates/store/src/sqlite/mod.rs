@@ -482,8 +482,12 @@ fn recover(
     let mut state = WriterState::new(settings, Arc::new(WriterCounters::default()));
     let mut hot = writer::Hot::new(&tx);
     for (_, redo) in &records {
-        writer::apply_redo(&mut hot, &mut state, redo)?;
+        if let Err(e) = writer::apply_redo(&mut hot, &mut state, redo) {
+            hot.discard();
+            return Err(e);
+        }
     }
+    hot.flush_totals()?;
     drop(hot);
     tx.execute(
         "UPDATE ingest_journal SET generation = ?1, applied_seq = ?2 WHERE id = 1",
