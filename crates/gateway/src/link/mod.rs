@@ -420,12 +420,7 @@ pub fn preflight(lc: &config::LinkConfig) -> Result<(), String> {
     match lc.role() {
         Role::Edge => {
             config::HubUrl::parse(lc.hub.as_deref().unwrap_or_default())?;
-            let pin = lc
-                .hub_pin
-                .as_deref()
-                .map(str::parse::<causeway_mllp::tls::Fingerprint>)
-                .transpose()
-                .map_err(|e| format!("link.hub_pin: {e}"))?;
+            let pin = hub_pin(lc)?;
             tls::client_config(
                 lc.hub_ca.as_deref(),
                 pin,
@@ -453,6 +448,15 @@ pub fn preflight(lc: &config::LinkConfig) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// `link.hub_pin`, parsed.
+fn hub_pin(lc: &config::LinkConfig) -> Result<Option<causeway_mllp::tls::Fingerprint>, String> {
+    lc.hub_pin
+        .as_deref()
+        .map(str::parse::<causeway_mllp::tls::Fingerprint>)
+        .transpose()
+        .map_err(|e| format!("link.hub_pin: {e}"))
 }
 
 /// `link.key_password`, read from the environment when written `${VAR}`.
@@ -495,12 +499,7 @@ pub async fn start(
     let listening = match role {
         Role::Edge => {
             let url = config::HubUrl::parse(lc.hub.as_deref().unwrap_or_default())?;
-            let pin = lc
-                .hub_pin
-                .as_deref()
-                .map(str::parse::<causeway_mllp::tls::Fingerprint>)
-                .transpose()
-                .map_err(|e| format!("link.hub_pin: {e}"))?;
+            let pin = hub_pin(&lc)?;
             let tls = {
                 let (ca, cert, key, tls12) =
                     (lc.hub_ca.clone(), lc.cert.clone(), lc.key.clone(), lc.tls12);

@@ -64,18 +64,7 @@ retry_max = "200ms"
     );
 
     // Both are delivered later all the same.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let stats = gateway.store.queue_stats().await.unwrap();
-        if stats.iter().all(|s| s.pending == 0) {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "queue did not drain: {stats:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    drained(&gateway, "queue did not drain").await;
     // The destination's whole ACK is kept with the attempt that it acknowledged.
     let page = gateway
         .store
@@ -195,22 +184,24 @@ retry_max = "100ms"
             "{id}: a commit ACK block, not an HL7 ACK"
         );
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let stats = gateway.store.queue_stats().await.unwrap();
-        if stats.iter().all(|s| s.pending == 0) {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "not delivered on the receiver's commit ACK: {stats:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    drained(&gateway, "not delivered on the receiver's commit ACK").await;
     assert_eq!(
         got.load(std::sync::atomic::Ordering::SeqCst),
         2,
         "each sent once"
     );
     running.stop(&gateway).await;
+}
+
+/// Waits up to 30 s for every queue of `gateway` to be empty, else fails with `what`.
+async fn drained(gateway: &causeway_gateway::Gateway, what: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let stats = gateway.store.queue_stats().await.unwrap();
+        if stats.iter().all(|s| s.pending == 0) {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{what}: {stats:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
