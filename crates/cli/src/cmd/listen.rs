@@ -118,6 +118,8 @@ pub async fn run(args: &Args) -> anyhow::Result<ExitCode> {
     settings.framing = FramingOptions::default().with_max_frame_len(args.max_size);
     settings.tls = tls.clone();
     settings.control_ids = ids;
+    // Before the line that tells a caller we listen: a signal right after it is not missed.
+    let stop = shutdown_signal();
     eprintln!(
         "causeway listen: {} on {local}{}, answering {}{}",
         if tls.is_some() {
@@ -159,7 +161,7 @@ pub async fn run(args: &Args) -> anyhow::Result<ExitCode> {
     tokio::pin!(server);
     tokio::select! {
         result = &mut server => result?,
-        () = shutdown_signal() => {
+        () = stop => {
             eprintln!("causeway listen: stopping (finishing messages in hand)");
             let _ = stop_tx.send(true);
             server.await?;
@@ -265,18 +267,25 @@ async fn reload_on_sighup(tls: Arc<causeway_mllp::tls::ServerTls>) {
     }
 }
 
-/// Completes on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+/// Listens for SIGINT and SIGTERM from the moment it is called (not from the first poll:
+/// a signal sent right after a line that says the process is ready, or is stopping, must
+/// not be missed); the future completes on the next one.
+pub fn shutdown_signal() -> impl Future<Output = ()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    async move {
+        let next = |s: std::io::Result<tokio::signal::unix::Signal>| async move {
+            match s {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
             }
-            Err(_) => std::future::pending::<()>().await,
+        };
+        tokio::select! {
+            () = next(term) => {}
+            () = next(int) => {}
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = term => {}
     }
 }

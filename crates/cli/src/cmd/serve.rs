@@ -98,14 +98,16 @@ pub async fn run(args: &Args) -> anyhow::Result<ExitCode> {
     if let Some(addr) = gateway.admin_addr() {
         eprintln!("causeway: admin API on http://{addr} (/healthz /readyz /metrics /api)");
     }
+    let stop = super::listen::shutdown_signal();
     eprintln!("causeway: ready; stop with Ctrl-C or SIGTERM");
-    super::listen::shutdown_signal().await;
+    stop.await;
+    let second = super::listen::shutdown_signal();
     eprintln!(
         "causeway: stopping within {:?}: finishing messages in hand (a second signal exits at once)",
         gateway.config.shutdown.grace.0
     );
-    tokio::spawn(async {
-        super::listen::shutdown_signal().await;
+    tokio::spawn(async move {
+        second.await;
         // Nothing acknowledged is lost: an ACK goes out only after its message is synced.
         // Attempts in hand are made again after the restart (at least once).
         eprintln!(

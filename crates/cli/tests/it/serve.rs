@@ -1044,9 +1044,10 @@ fn serve_without_arguments_is_the_quickstart() {
     );
     assert!(sent.status.success(), "{sent:?}");
     let outbox = dir.path().join("causeway-data/outbox");
+    // Files in the making have a temporary name starting with a dot.
     let written = wait_until(WAIT, || {
-        let files: Vec<_> = std::fs::read_dir(&outbox).ok()?.flatten().collect();
-        (files.len() == 1).then(|| std::fs::read(files[0].path()).unwrap())
+        let mut files = file_destination_received(&outbox);
+        (files.len() == 1).then(|| files.remove(0))
     })
     .expect("no file in ./causeway-data/outbox");
     // `causeway send` ends the last segment with its CR, as MLLP senders do.
