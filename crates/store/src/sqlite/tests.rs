@@ -25,6 +25,24 @@ fn committed_messages(path: &Path) -> i64 {
         .unwrap()
 }
 
+/// Checks, past the store, that the `totals` row counts exactly the bytes of the messages
+/// committed (it is updated once per batch, and again when a journal is replayed).
+fn assert_totals_match(path: &Path) {
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    let (total, sum): (i64, i64) = conn
+        .query_row(
+            "SELECT (SELECT message_bytes FROM totals WHERE id = 1),
+                    (SELECT COALESCE(SUM(size), 0) FROM messages)",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(
+        total, sum,
+        "totals.message_bytes against SUM(messages.size)"
+    );
+}
+
 /// Opens a store at `path` that never commits on its own, ingests `n` messages (control
 /// ids `prefix0`, `prefix1`, ...) to destination `a`, and crashes it.
 async fn ingest_then_crash(path: &Path, prefix: &str, n: i64) -> Vec<Ingested> {
@@ -103,6 +121,7 @@ async fn acknowledged_ingests_survive_a_crash_in_the_journal() {
         .await
         .unwrap();
     assert_eq!(committed_messages(&path), 220);
+    assert_totals_match(&path);
     for (control_id, ingested) in &acked {
         let record = store.message(ingested.id).await.unwrap().unwrap();
         assert_eq!(&record.summary.meta.control_id, control_id);
@@ -174,11 +193,13 @@ async fn the_journal_wraps_around_and_still_recovers() {
     // Each start-over committed what came before it; the rest is in the journal only.
     let committed = committed_messages(&path);
     assert!(committed > 100 && committed < 157, "{committed}");
+    assert_totals_match(&path);
     store.crash().await;
     drop(store);
 
     let store = SqliteStore::open(&path, settings).await.unwrap();
     assert_eq!(committed_messages(&path), 157);
+    assert_totals_match(&path);
     let queued = store.next_pending("a", at(1000), 1000).await.unwrap();
     let want: Vec<_> = acked.iter().map(|i| i.deliveries[0]).collect();
     assert_eq!(queued.iter().map(|p| p.id).collect::<Vec<_>>(), want);
