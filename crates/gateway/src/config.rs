@@ -522,6 +522,31 @@ pub struct ServerTlsConfig {
     /// client the CA signed.
     #[serde(default)]
     pub allow_clients: Vec<String>,
+    /// The oldest TLS version accepted: `"1.2"` (default) or `"1.3"`.
+    #[serde(default)]
+    pub min_version: TlsVersion,
+}
+
+/// `min_version = "1.2" | "1.3"`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum TlsVersion {
+    /// TLS 1.2 and 1.3.
+    #[default]
+    #[serde(rename = "1.2")]
+    Tls12,
+    /// TLS 1.3 only.
+    #[serde(rename = "1.3")]
+    Tls13,
+}
+
+impl TlsVersion {
+    /// The transport's setting.
+    pub fn min(self) -> causeway_mllp::tls::MinTlsVersion {
+        match self {
+            TlsVersion::Tls12 => causeway_mllp::tls::MinTlsVersion::Tls12,
+            TlsVersion::Tls13 => causeway_mllp::tls::MinTlsVersion::Tls13,
+        }
+    }
 }
 
 /// `[[channel.destination]]`
@@ -713,6 +738,9 @@ pub struct ClientTlsConfig {
     pub key_password: Option<Secret>,
     /// Name to check in the certificate (default: the host of `to`).
     pub server_name: Option<String>,
+    /// The oldest TLS version accepted: `"1.2"` (default) or `"1.3"`.
+    #[serde(default)]
+    pub min_version: TlsVersion,
 }
 
 /// `type = "http"`
@@ -1188,6 +1216,15 @@ mod tests {
         );
         let e = Config::parse(&zero).unwrap_err().to_string();
         assert!(e.starts_with("channel[0].source.write_timeout:"), "{e}");
+        let tls = base.replace(
+            "bind = \"127.0.0.1:2575\"\n",
+            "bind = \"127.0.0.1:2575\"\n[channel.source.tls]\ncert = \"c\"\nkey = \"k\"\nmin_version = \"1.3\"\n",
+        );
+        let c = Config::parse(&tls).unwrap();
+        let src = c.channels[0].source.as_ref().unwrap();
+        assert_eq!(src.tls.as_ref().unwrap().min_version, TlsVersion::Tls13);
+        let bad = tls.replace("min_version = \"1.3\"", "min_version = \"1.1\"");
+        assert!(Config::parse(&bad).unwrap_err().to_string().contains("1.1"));
         let grace = format!("{base}\n[shutdown]\ngrace = \"500ms\"\n");
         let e = Config::parse(&grace).unwrap_err().to_string();
         assert!(e.starts_with("shutdown.grace:"), "{e}");

@@ -436,7 +436,7 @@ fn source_tls(
         what: format!("channel {channel} source.tls"),
         reason,
     };
-    let mut t = ServerTlsSettings::new(&tls.cert, &tls.key);
+    let mut t = ServerTlsSettings::new(&tls.cert, &tls.key).with_min_version(tls.min_version.min());
     if let Some(pw) = &tls.key_password {
         let pw = pw
             .resolve(&format!("channel {channel} source.tls.key_password"))

@@ -31,9 +31,32 @@ use rustls::{
 };
 use tracing::{info, warn};
 
-/// The TLS versions Causeway speaks: 1.3 preferred, 1.2 for older engines.
+/// The TLS versions Causeway speaks by default: 1.3 preferred, 1.2 for older engines.
 static VERSIONS: &[&rustls::SupportedProtocolVersion] =
     &[&rustls::version::TLS13, &rustls::version::TLS12];
+
+/// TLS 1.3 only, for sites whose policy refuses 1.2.
+static ONLY_TLS13: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
+
+/// The oldest TLS version a listener or a client accepts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MinTlsVersion {
+    /// TLS 1.2 and 1.3 (the default: many HL7 engines still speak only 1.2).
+    #[default]
+    Tls12,
+    /// TLS 1.3 only.
+    Tls13,
+}
+
+impl MinTlsVersion {
+    fn versions(self) -> &'static [&'static rustls::SupportedProtocolVersion] {
+        match self {
+            MinTlsVersion::Tls12 => VERSIONS,
+            MinTlsVersion::Tls13 => ONLY_TLS13,
+        }
+    }
+}
 
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
@@ -359,6 +382,8 @@ pub struct ServerTlsSettings {
     pub allowed_clients: Vec<IdentityRule>,
     /// Password of an encrypted `key_path` (PKCS#8 `ENCRYPTED PRIVATE KEY`).
     pub key_password: Option<KeyPassword>,
+    /// The oldest TLS version accepted. Default 1.2.
+    pub min_version: MinTlsVersion,
 }
 
 impl ServerTlsSettings {
@@ -370,7 +395,14 @@ impl ServerTlsSettings {
             client_ca_path: None,
             allowed_clients: Vec::new(),
             key_password: None,
+            min_version: MinTlsVersion::default(),
         }
+    }
+
+    /// Accepts no TLS version older than `min`.
+    pub fn with_min_version(mut self, min: MinTlsVersion) -> Self {
+        self.min_version = min;
+        self
     }
 
     /// Decrypts the key with this password.
@@ -522,8 +554,8 @@ fn build_server_config(settings: &ServerTlsSettings) -> Result<ServerConfig, Tls
     let provider = provider();
     let certs = read_certs(&settings.cert_path)?;
     let key = read_key_with_password(&settings.key_path, settings.key_password.as_ref())?;
-    let builder =
-        ServerConfig::builder_with_provider(provider.clone()).with_protocol_versions(VERSIONS)?;
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(settings.min_version.versions())?;
     let builder = match &settings.client_ca_path {
         None if !settings.allowed_clients.is_empty() => return Err(TlsError::AllowlistWithoutCa),
         None => builder.with_no_client_auth(),
@@ -674,6 +706,8 @@ pub struct ClientTlsSettings {
     pub client_key_path: Option<PathBuf>,
     /// Password of an encrypted `client_key_path` (PKCS#8 `ENCRYPTED PRIVATE KEY`).
     pub client_key_password: Option<KeyPassword>,
+    /// The oldest TLS version accepted. Default 1.2.
+    pub min_version: MinTlsVersion,
 }
 
 impl ClientTlsSettings {
@@ -731,7 +765,7 @@ impl ClientTls {
             "server certificate does not match the pin",
         )?;
         let builder = ClientConfig::builder_with_provider(provider)
-            .with_protocol_versions(VERSIONS)?
+            .with_protocol_versions(settings.min_version.versions())?
             .dangerous()
             .with_custom_certificate_verifier(verifier);
         let config = match (&settings.client_cert_path, &settings.client_key_path) {

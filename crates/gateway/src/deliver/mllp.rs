@@ -44,6 +44,7 @@ impl MllpSender {
                 .map_err(|e| e.to_string())?
                 .map(causeway_mllp::tls::KeyPassword::new);
             t.server_name = tls.server_name.clone();
+            t.min_version = tls.min_version.min();
             settings.tls = Some(ClientTls::load(&t).map_err(|e| format!("TLS: {e}"))?);
         }
         Ok(MllpSender {

@@ -373,3 +373,117 @@ async fn encrypted_private_keys_with_their_password() {
     );
     server.stop().await;
 }
+
+/// A peer that speaks TLS 1.2 only, built straight on rustls: a client config, or a server
+/// that completes one handshake and then says nothing.
+mod tls12_peer {
+    use std::sync::Arc;
+
+    use causeway_testkit::pki::{Issued, Pki};
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject};
+
+    fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+        Arc::new(rustls::crypto::ring::default_provider())
+    }
+
+    /// Completes the handshake of `tls` over a connection to `addr`.
+    pub async fn handshake(addr: std::net::SocketAddr, pki: &Pki) -> std::io::Result<()> {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_file_iter(&pki.ca).unwrap() {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let config = rustls::ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS12])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let tcp = tokio::net::TcpStream::connect(addr).await?;
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let name = ServerName::try_from("localhost").unwrap();
+        connector.connect(name, tcp).await.map(|_| ())
+    }
+
+    /// A TLS 1.2-only server on a free port; each connection is handshaken and held.
+    pub async fn server(cert: &Issued) -> std::net::SocketAddr {
+        let certs: Vec<_> = CertificateDer::pem_file_iter(&cert.cert)
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let key = PrivateKeyDer::from_pem_file(&cert.key).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS12])
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    if let Ok(stream) = acceptor.accept(tcp).await {
+                        tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+                        drop(stream);
+                    }
+                });
+            }
+        });
+        addr
+    }
+}
+
+/// `min_version = 1.3` on either side: a TLS 1.2-only peer is refused at the handshake,
+/// where the default (1.2 and 1.3) accepts it.
+#[tokio::test]
+async fn a_minimum_tls_version_refuses_older_peers() {
+    use causeway_mllp::tls::MinTlsVersion;
+    let pki = Pki::new("ca");
+    let cert = pki.server("server");
+
+    // Our listener, against a TLS 1.2-only client.
+    let recorder = Recorder::default();
+    let (default_server, _) =
+        tls_server(&recorder, ServerTlsSettings::new(&cert.cert, &cert.key)).await;
+    tls12_peer::handshake(default_server.addr, &pki)
+        .await
+        .expect("1.2 is accepted by default");
+    let strict =
+        ServerTlsSettings::new(&cert.cert, &cert.key).with_min_version(MinTlsVersion::Tls13);
+    let (strict_server, _) = tls_server(&recorder, strict).await;
+    assert!(
+        tls12_peer::handshake(strict_server.addr, &pki)
+            .await
+            .is_err(),
+        "a 1.3-only listener refuses a 1.2 client"
+    );
+    // Our own client still gets through to it (1.3).
+    let trust = ClientTlsSettings::with_ca(&pki.ca).server_name("localhost");
+    assert_eq!(
+        send_with(&strict_server, trust, "V1").await.unwrap(),
+        AckStatus::Accepted
+    );
+
+    // Our client, against a TLS 1.2-only server (which never answers an MLLP message).
+    let old = tls12_peer::server(&cert).await;
+    let connect = |min: MinTlsVersion| {
+        let mut tls = ClientTlsSettings::with_ca(&pki.ca).server_name("localhost");
+        tls.min_version = min;
+        let mut settings = client_settings(tls);
+        settings.ack_timeout = Duration::from_millis(300);
+        Client::new(old.to_string(), settings)
+    };
+    let default = connect(MinTlsVersion::Tls12).send(&adt("V2")).await;
+    assert!(
+        matches!(default, Err(ClientError::AckTimeout(_))),
+        "the handshake succeeds, then no ACK comes: {default:?}"
+    );
+    let strict = connect(MinTlsVersion::Tls13).send(&adt("V3")).await;
+    assert!(
+        matches!(strict, Err(ClientError::Handshake { .. })),
+        "{strict:?}"
+    );
+    default_server.stop().await;
+    strict_server.stop().await;
+}
