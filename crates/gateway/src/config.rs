@@ -150,10 +150,12 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ShutdownConfig {
-    /// The longest a stop takes, from the signal to the exit. Listeners stop accepting at
-    /// once and have four fifths of it to store and acknowledge the messages in hand;
-    /// delivery workers then finish their attempt in hand within what is left (at least
-    /// 1 s); an attempt cut short is retried after the restart. Keep it below the orchestrator's
+    /// About the longest a stop takes, from the signal to the exit (1 s to 1 h). Listeners
+    /// stop accepting at once and have four fifths of it to store and acknowledge the
+    /// messages in hand; delivery workers then finish their attempt in hand within what is
+    /// left (at least 1 s), and the store closes within what is left after that (at least
+    /// 2 s). An attempt cut short is retried after the restart; a close cut short is
+    /// recovered at the next start. Keep it below the orchestrator's
     /// own limit (Kubernetes: `terminationGracePeriodSeconds`). A second signal exits at
     /// once. Default `"25s"`.
     #[serde(default = "default_grace")]
@@ -860,8 +862,10 @@ impl Config {
     /// Checks what the types cannot: unique names, secrets resolvable, admin exposure.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.store.validate()?;
-        if self.shutdown.grace.0 < Duration::from_secs(1) {
-            return Err(invalid("shutdown.grace", "must be at least 1s"));
+        if self.shutdown.grace.0 < Duration::from_secs(1)
+            || self.shutdown.grace.0 > Duration::from_secs(3600)
+        {
+            return Err(invalid("shutdown.grace", "must be between 1s and 1h"));
         }
         if self.channels.is_empty() {
             return Err(invalid(

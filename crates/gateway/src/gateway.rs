@@ -504,9 +504,13 @@ impl Running {
     /// messages in hand, then workers finish their attempt in hand (at least 1 s is left
     /// for them), then the store closes.
     pub async fn stop(mut self, gateway: &Gateway) {
-        let deadline = tokio::time::Instant::now() + self.grace;
+        let started = tokio::time::Instant::now();
+        let deadline = started + self.grace;
         gateway.stopping.cancel();
-        let drained = tokio::time::timeout_at(deadline, async {
+        // Listeners finish their messages in hand within `listener_grace` (their own grace
+        // period); they, the admin API and the link's sessions get a tenth more to wind up.
+        let tasks_until = started + listener_grace(self.grace) + self.grace / 10;
+        let drained = tokio::time::timeout_at(tasks_until, async {
             while self.tasks.join_next().await.is_some() {}
         })
         .await;
@@ -527,8 +531,15 @@ impl Running {
             );
             self.workers.abort_all();
         }
-        if let Err(e) = gateway.store.close().await {
-            warn!(error = %e, "store did not close cleanly");
+        // What is left of the grace, and at least 2 s: a close commits what the SQLite
+        // journal holds and checkpoints; cut short, the next start recovers it all.
+        let close_until = deadline.max(tokio::time::Instant::now() + Duration::from_secs(2));
+        match tokio::time::timeout_at(close_until, gateway.store.close()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(error = %e, "store did not close cleanly"),
+            Err(_) => warn!(
+                "store did not close within the grace period; the next start recovers what it held"
+            ),
         }
         info!("gateway stopped");
     }

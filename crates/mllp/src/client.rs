@@ -364,8 +364,16 @@ impl Client {
     /// current connection.
     pub async fn connect(&mut self) -> Result<(), ClientError> {
         self.conn = None;
-        self.conn = Some(self.connect_once().await?);
+        let conn = self.connect_once().await?;
+        self.use_conn(conn);
         Ok(())
+    }
+
+    /// Takes a new connection: the messages that might still be answered late were sent
+    /// on the old one, whose replies can no longer arrive.
+    fn use_conn(&mut self, conn: Conn) {
+        self.unanswered.clear();
+        self.conn = Some(conn);
     }
 
     /// Closes the connection, if any, politely (TLS close_notify).
@@ -548,7 +556,7 @@ impl Client {
     /// Makes sure a live connection exists, reconnecting with backoff.
     async fn ensure_connected(&mut self) -> Result<(), ClientError> {
         if let Some(conn) = &mut self.conn {
-            if probe(conn) {
+            if probe(conn, &mut self.unanswered) {
                 return Ok(());
             }
             info!(peer = %conn.peer, "server closed the connection; reconnecting");
@@ -559,7 +567,7 @@ impl Client {
         loop {
             match self.connect_once().await {
                 Ok(conn) => {
-                    self.conn = Some(conn);
+                    self.use_conn(conn);
                     return Ok(());
                 }
                 Err(error) if attempt + 1 < attempts && retryable(&error) => {
@@ -691,7 +699,7 @@ fn host_of(target: &str) -> &str {
 /// A non-blocking `MSG_PEEK` on the socket sees a close (`0`) or a reset
 /// immediately; if bytes are waiting, one poll of the transport lets TLS
 /// process them (a session ticket keeps the connection, a close_notify ends it).
-fn probe(conn: &mut Conn) -> bool {
+fn probe(conn: &mut Conn, unanswered: &mut std::collections::VecDeque<Vec<u8>>) -> bool {
     let mut byte = [MaybeUninit::<u8>::uninit(); 1];
     match socket2::SockRef::from(conn.transport.tcp()).peek(&mut byte) {
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
@@ -711,6 +719,12 @@ fn probe(conn: &mut Conn) -> bool {
     while let Some(item) = conn.decoder.decode(&mut conn.buf) {
         match item {
             Decoded::Frame(Frame::Message(stale)) => {
+                // The HL7 ACK of a message sent without waiting, or delivered on a commit
+                // ACK block: expected, and answered for.
+                if let Some(late) = late_ack(unanswered, &stale) {
+                    debug!(control_id = %late, "a late ACK for a message sent without waiting");
+                    continue;
+                }
                 let acked = AckReply::parse(&stale)
                     .map(|a| String::from_utf8_lossy(&a.acked_control_id).into_owned())
                     .unwrap_or_default();

@@ -602,14 +602,14 @@ pub fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     read_key_with_password(path, None)
 }
 
-/// The password of an encrypted private key. Never printed.
+/// The password of an encrypted private key. Never printed; wiped from memory when dropped.
 #[derive(Clone, PartialEq, Eq)]
-pub struct KeyPassword(String);
+pub struct KeyPassword(pkcs8::der::zeroize::Zeroizing<String>);
 
 impl KeyPassword {
     /// Wraps a password.
     pub fn new(password: impl Into<String>) -> Self {
-        KeyPassword(password.into())
+        KeyPassword(pkcs8::der::zeroize::Zeroizing::new(password.into()))
     }
 }
 
@@ -645,6 +645,9 @@ pub fn read_key_with_password(
     }
     let begin = format!("-----BEGIN {ENCRYPTED_KEY_LABEL}-----");
     let Some(start) = text.find(&begin) else {
+        if password.is_some() {
+            warn!(key = %path.display(), "a key password is set, but the key is not encrypted: the password is not used");
+        }
         return PrivateKeyDer::from_pem_slice(&pem).map_err(|source| TlsError::Pem {
             path: path.to_owned(),
             source,

@@ -267,25 +267,45 @@ async fn reload_on_sighup(tls: Arc<causeway_mllp::tls::ServerTls>) {
     }
 }
 
-/// Listens for SIGINT and SIGTERM from the moment it is called (not from the first poll:
-/// a signal sent right after a line that says the process is ready, or is stopping, must
-/// not be missed); the future completes on the next one.
-pub fn shutdown_signal() -> impl Future<Output = ()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let term = signal(SignalKind::terminate());
-    let int = signal(SignalKind::interrupt());
-    async move {
-        let next = |s: std::io::Result<tokio::signal::unix::Signal>| async move {
-            match s {
-                Ok(mut s) => {
-                    s.recv().await;
-                }
-                Err(_) => std::future::pending::<()>().await,
-            }
-        };
-        tokio::select! {
-            () = next(term) => {}
-            () = next(int) => {}
+/// SIGINT and SIGTERM, listened for from the moment this is made (not from the first
+/// poll: a signal sent right after a line that says the process is ready must not be
+/// missed) and for as long as it lives, so that a second signal is seen however soon it
+/// follows the first.
+#[derive(Debug)]
+pub struct StopSignals {
+    term: Option<tokio::signal::unix::Signal>,
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl StopSignals {
+    /// Starts listening. A kind whose handler cannot be installed is left out.
+    pub fn new() -> StopSignals {
+        use tokio::signal::unix::{SignalKind, signal};
+        StopSignals {
+            term: signal(SignalKind::terminate()).ok(),
+            int: signal(SignalKind::interrupt()).ok(),
         }
     }
+
+    /// Completes on the next SIGINT or SIGTERM since the last one.
+    pub async fn next(&mut self) {
+        async fn recv(s: Option<&mut tokio::signal::unix::Signal>) {
+            match s {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        }
+        tokio::select! {
+            () = recv(self.term.as_mut()) => {}
+            () = recv(self.int.as_mut()) => {}
+        }
+    }
+}
+
+/// Completes on the next SIGINT or SIGTERM after this call.
+pub fn shutdown_signal() -> impl Future<Output = ()> {
+    let mut signals = StopSignals::new();
+    async move { signals.next().await }
 }

@@ -98,16 +98,17 @@ pub async fn run(args: &Args) -> anyhow::Result<ExitCode> {
     if let Some(addr) = gateway.admin_addr() {
         eprintln!("causeway: admin API on http://{addr} (/healthz /readyz /metrics /api)");
     }
-    let stop = super::listen::shutdown_signal();
+    // One listener for both signals, from before "ready" to the exit: a second signal is
+    // seen however soon it follows the first.
+    let mut signals = super::listen::StopSignals::new();
     eprintln!("causeway: ready; stop with Ctrl-C or SIGTERM");
-    stop.await;
-    let second = super::listen::shutdown_signal();
+    signals.next().await;
     eprintln!(
         "causeway: stopping within {:?}: finishing messages in hand (a second signal exits at once)",
         gateway.config.shutdown.grace.0
     );
     tokio::spawn(async move {
-        second.await;
+        signals.next().await;
         // Nothing acknowledged is lost: an ACK goes out only after its message is synced.
         // Attempts in hand are made again after the restart (at least once).
         eprintln!(

@@ -5,7 +5,7 @@ use std::time::Duration;
 use causeway_message::{Charset, Message};
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, LOCATION};
 
-use super::{Attempt, Outgoing};
+use super::{Attempt, Failure, Outgoing};
 use crate::config::{HttpDestination, HttpFormat};
 
 /// Posts to one URL.
@@ -108,7 +108,7 @@ impl HttpSender {
                 } else if self.permanent.contains(&status.as_u16()) {
                     Attempt::Permanent(format!("HTTP {status}").into())
                 } else if status.is_redirection() {
-                    Attempt::Retry(redirect_error(status, response_location.as_deref()).into())
+                    Attempt::Retry(redirect_error(status, response_location))
                 } else {
                     Attempt::Retry(format!("HTTP {status}").into())
                 }
@@ -118,14 +118,15 @@ impl HttpSender {
     }
 }
 
-/// Why a redirect counts as a failed attempt, and what to do about it.
-fn redirect_error(status: reqwest::StatusCode, location: Option<&str>) -> String {
-    match location {
-        Some(to) => format!(
-            "HTTP {status}: redirects are not followed (the body would be dropped); set the destination's url to {to}"
+/// Why a redirect counts as a failed attempt, and what to do about it. The location is the
+/// receiver's text (a signed URL may carry a token): stored with the attempt, not logged.
+fn redirect_error(status: reqwest::StatusCode, location: Option<String>) -> Failure {
+    Failure::said(
+        format!(
+            "HTTP {status}: redirects are not followed (the body would be dropped); point the destination's url at the new location"
         ),
-        None => format!("HTTP {status}: redirects are not followed"),
-    }
+        location.map(|to| format!("location {to}")),
+    )
 }
 
 /// `application/hl7-v2` with the charset MSH-18 declares (UTF-8 when it declares none and
